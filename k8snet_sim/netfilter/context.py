@@ -88,6 +88,11 @@ class Chooser(Protocol):
         """Pick an index with the given (not necessarily normalised) weights."""
         ...
 
+    def pick(self, options: int, default: int, label: str) -> int:
+        """A deterministic scheduler (round-robin, source hash) chose ``default`` among
+        ``options``; an explorer may override it to visit every option."""
+        ...
+
 
 def chance(chooser: Chooser, probability: float, label: str) -> bool:
     """True with ``probability`` (``-m statistic --mode random``)."""

@@ -1,0 +1,364 @@
+"""The per-hop datapath: what a Linux network namespace does with a packet.
+
+One body of code for traces and load runs (DESIGN principle 2). Receiving:
+PREROUTING → routing decision → INPUT → socket, or FORWARD → POSTROUTING → transmit.
+Sending: routing → OUTPUT → (re-route if NAT changed the destination) → POSTROUTING → transmit
+(or loopback). Failures are answered the way Linux answers them: ICMP net unreachable from a
+router without a route, time exceeded when the TTL runs out, RST or ICMP port unreachable for a
+closed port, ICMP/RST from a REJECT rule.
+
+Each function does the work at the current simulated time, charges its CPU cost to the
+namespace's CPU owner, and hands the packet on through :class:`~k8snet_sim.sim.simulation.Simulation`
+(which owns links, queues and time).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from k8snet_sim.net.addr import ip_str
+from k8snet_sim.net.packet import (
+    ICMP,
+    ICMP_DEST_UNREACH,
+    ICMP_HOST_UNREACH,
+    ICMP_NET_UNREACH,
+    ICMP_PORT_UNREACH,
+    ICMP_TIME_EXCEEDED,
+    SCTP,
+    TCP,
+    UDP,
+    IcmpError,
+    Packet,
+)
+from k8snet_sim.netfilter.context import ConnState, Hook, HookResult, Verdict
+from k8snet_sim.netfilter.hooks import Skb, new_context
+from k8snet_sim.sim.recorder import Hop
+from k8snet_sim.sim.sockets import tcp_input, udp_input
+
+if TYPE_CHECKING:
+    from k8snet_sim.net.routing import Route
+    from k8snet_sim.sim.namespace import Namespace
+    from k8snet_sim.sim.simulation import Simulation
+
+VXLAN_PORT = 8472  # flannel's VXLAN UDP port (the IANA port is 4789)
+
+REJECT_ICMP_CODES = {
+    "icmp-net-unreachable": (ICMP_DEST_UNREACH, 0),
+    "icmp-host-unreachable": (ICMP_DEST_UNREACH, 1),
+    "icmp-port-unreachable": (ICMP_DEST_UNREACH, 3),
+    "icmp-proto-unreachable": (ICMP_DEST_UNREACH, 2),
+    "icmp-net-prohibited": (ICMP_DEST_UNREACH, 9),
+    "icmp-host-prohibited": (ICMP_DEST_UNREACH, 10),
+    "icmp-admin-prohibited": (ICMP_DEST_UNREACH, 13),
+}
+
+
+class Visit:
+    """Bookkeeping of one packet's visit to one namespace: cost, and the hop when recording."""
+
+    __slots__ = ("hop", "rewrites_start")
+
+    def __init__(self, sim: Simulation, ns: Namespace, pkt: Packet, verdict: str = "") -> None:
+        self.hop: Hop | None = None
+        if sim.recorder is not None and sim.recorder.wants(pkt):
+            self.hop = Hop(
+                t=sim.env.now, node=ns.name, action="", packet="", packet_in=str(pkt),
+                label=pkt.label, conn_id=pkt.conn_id, direction=pkt.meta.get("dir", 0),
+                verdict=verdict,
+            )
+            sim.recorder.add(self.hop)
+
+    def done(self, skb: Skb | None, pkt: Packet, verdict: str, action: str) -> None:
+        hop = self.hop
+        if hop is None:
+            return
+        hop.verdict = verdict
+        hop.action = action
+        hop.packet = str(pkt)
+        if skb is not None:
+            if skb.ctx.events:
+                hop.rules.extend(e.describe() for e in skb.ctx.events)
+            if skb.rewrites:
+                hop.rewrites.extend(skb.rewrites)
+
+
+def _skb(sim: Simulation, ns: Namespace, pkt: Packet, visit: Visit, hook: Hook,
+         in_iface: str | None = None, out_iface: str | None = None) -> Skb:
+    st = sim.state(ns.name)
+    tracing = visit.hop is not None
+    ctx = new_context(
+        hook=hook, now=sim.env.now, chooser=sim.chooser, state=st.nf, is_local=ns.is_local,
+        in_iface=in_iface, out_iface=out_iface, events=[] if tracing else None,
+    )
+    return Skb(pkt, ctx, conntrack=st.conntrack, addressing=ns,
+               rewrites=[] if tracing else None)
+
+
+def cost_of(sim: Simulation, skb: Skb | None, pkt: Packet) -> float:
+    """CPU seconds for one packet through one namespace."""
+    c = sim.costs
+    cost = c.packet + pkt.length * c.byte_cost
+    if skb is not None:
+        cost += skb.ctx.rules_walked * c.rule_cost + skb.ctx.map_lookups * c.map_lookup
+        if skb.ct is not None:
+            cost += c.conntrack_lookup
+            if skb.ctx.ct_state is ConnState.NEW and not skb.ct.confirmed:
+                cost += c.conntrack_new
+    return cost
+
+
+# ----------------------------------------------------------------------------- receive
+
+
+def receive(sim: Simulation, ns: Namespace, iface: str, pkt: Packet, skb: Skb | None = None) -> None:
+    """ip_rcv: a packet arrives on ``iface`` (``skb`` is passed when looping back locally)."""
+    visit = Visit(sim, ns, pkt)
+    pkt.mark = 0 if skb is None else pkt.mark  # skb->mark does not cross namespaces
+    if (skb is None and ns.martian_check and iface != "lo" and pkt.src in ns.local_addresses):
+        _drop(sim, ns, None, pkt, visit, f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}")
+        return
+    if skb is None:
+        skb = _skb(sim, ns, pkt, visit, Hook.PREROUTING, in_iface=iface)
+    else:
+        skb.ctx.in_iface, skb.ctx.out_iface = iface, None
+        if visit.hop is not None and skb.ctx.events is None:
+            skb.ctx.events, skb.rewrites = [], []
+    result = ns.stack.run(Hook.PREROUTING, skb)
+    if not result.accepted:
+        _refuse(sim, ns, skb, visit, result, "PREROUTING")
+        return
+    _route_input(sim, ns, skb, visit)
+
+
+def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
+    pkt = skb.pkt
+    if ns.is_local(pkt.dst):
+        _local_in(sim, ns, skb, visit)
+        return
+    if not ns.ip_forward:
+        _drop(sim, ns, skb, pkt, visit,
+              f"{ip_str(pkt.dst)} is not a local address and {ns.name} does not forward "
+              "(net.ipv4.ip_forward=0)", verdict="drop")
+        return
+    route = ns.routes.lookup(pkt.dst)
+    if route is None or route.kind != "unicast":
+        reason = f"no route to {ip_str(pkt.dst)}" if route is None else f"{route.kind} route {route}"
+        _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_NET_UNREACH, reason)
+        _finish(sim, ns, skb, pkt, visit, "no-route", f"NO_ROUTE at {ns.name}: {reason}")
+        return
+    if pkt.ttl <= 1:
+        _icmp_error(sim, ns, skb, ICMP_TIME_EXCEEDED, 0, "TTL exceeded")
+        _finish(sim, ns, skb, pkt, visit, "ttl", f"TTL exceeded at {ns.name} (routing loop?)")
+        return
+    pkt.ttl -= 1
+    skb.ctx.out_iface = route.dev
+    skb.next_hop = route.via if route.via is not None else pkt.dst
+    result = ns.stack.run(Hook.FORWARD, skb)
+    if not result.accepted:
+        _refuse(sim, ns, skb, visit, result, "FORWARD")
+        return
+    _postrouting(sim, ns, skb, visit, route, f"forward {skb.ctx.in_iface} → {route}")
+
+
+def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
+    pkt = skb.pkt
+    result = ns.stack.run(Hook.INPUT, skb)
+    if not result.accepted:
+        _refuse(sim, ns, skb, visit, result, "INPUT")
+        return
+    if skb.extras.get("reroute"):
+        # IPVS rewrote the destination in LOCAL_IN: the packet leaves again (ip_vs_nat_xmit).
+        route = ns.routes.lookup(pkt.dst)
+        if route is None:
+            _drop(sim, ns, skb, pkt, visit, f"no route to real server {ip_str(pkt.dst)}")
+            return
+        skb.ctx.out_iface = route.dev
+        skb.next_hop = route.via if route.via is not None else pkt.dst
+        _postrouting(sim, ns, skb, visit, route, f"IPVS forward → {route}")
+        return
+    cost = cost_of(sim, skb, pkt)
+    delay = sim.charge(ns, cost)
+    if visit.hop is not None:
+        visit.hop.cost_s = cost
+    sim.later(delay, _deliver, sim, ns, skb, visit)
+
+
+def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
+    """Hand a packet that passed INPUT to the socket layer."""
+    pkt = skb.pkt
+    sockets = sim.sockets_of(ns.name)
+    if pkt.proto in (TCP, SCTP):
+        note = tcp_input(sim, ns.name, sockets, pkt)
+        verdict = "stray" if note.startswith("no socket") else (
+            "refused" if note.startswith("no listener") else "deliver")
+        visit.done(skb, pkt, verdict, note)
+        return
+    if pkt.proto == UDP:
+        vxlan = sim.world.vxlan_iface(ns.name) if pkt.dport == VXLAN_PORT else None
+        if vxlan is not None and isinstance(pkt.payload, Packet):
+            visit.done(skb, pkt, "deliver", f"VXLAN decapsulation on {vxlan}")
+            receive(sim, ns, vxlan, pkt.payload)
+            return
+        note = udp_input(sim, ns.name, sockets, pkt)
+        if note is None:
+            _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH,
+                        f"no listener on UDP {ip_str(pkt.dst)}:{pkt.dport}")
+            visit.done(skb, pkt, "refused", f"no listener on {ip_str(pkt.dst)}:{pkt.dport}: ICMP port unreachable")
+            return
+        visit.done(skb, pkt, "deliver", note)
+        return
+    if pkt.proto == ICMP and pkt.icmp is not None:
+        note = sim.icmp_to_socket(ns.name, pkt)
+        visit.done(skb, pkt, "deliver", note)
+        return
+    visit.done(skb, pkt, "deliver", "delivered (no handler)")
+
+
+# ----------------------------------------------------------------------------- send
+
+
+def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | None = None) -> bool:
+    """ip_local_out for a packet created in ``ns``. Returns False if it could not be routed."""
+    visit = Visit(sim, ns, pkt, verdict="send")
+    route = ns.routes.lookup(pkt.dst) if not ns.is_local(pkt.dst) else None
+    if route is None and not ns.is_local(pkt.dst):
+        visit.done(None, pkt, "no-route", f"NO_ROUTE at {ns.name}: no route to {ip_str(pkt.dst)}")
+        sim.socket_error(ns.name, pkt, f"no route to {ip_str(pkt.dst)} from {ns.name}")
+        return False
+    out_dev = route.dev if route is not None else "lo"
+    skb = _skb(sim, ns, pkt, visit, Hook.OUTPUT, out_iface=out_dev)
+    skb.local_origin = True
+    if related is not None and related.ct is not None:
+        # Errors generated by REJECT carry the offending connection (nf_ct_attach), so NAT
+        # translates their quoted header on the way out.
+        skb.ct, skb.ct_dir = related.ct, 1 - related.ct_dir
+        skb.ctx.ct_state = ConnState.RELATED
+    dst_before = pkt.dst
+    result = ns.stack.run(Hook.OUTPUT, skb)
+    if not result.accepted:
+        _refuse(sim, ns, skb, visit, result, "OUTPUT")
+        return True
+    if pkt.dst != dst_before:  # ip_route_me_harder: NAT changed the destination
+        route = ns.routes.lookup(pkt.dst) if not ns.is_local(pkt.dst) else None
+        if route is None and not ns.is_local(pkt.dst):
+            _drop(sim, ns, skb, pkt, visit, f"no route to {ip_str(pkt.dst)} after NAT")
+            return True
+        skb.ctx.out_iface = route.dev if route is not None else "lo"
+    if route is None:  # local destination: loop back through lo
+        skb.ctx.out_iface = "lo"
+        result = ns.stack.run(Hook.POSTROUTING, skb)
+        if not result.accepted:
+            _refuse(sim, ns, skb, visit, result, "POSTROUTING")
+            return True
+        visit.done(skb, pkt, "send", "loopback (lo)")
+        delay = sim.charge(ns, cost_of(sim, skb, pkt))
+        sim.later(delay, receive, sim, ns, "lo", pkt, skb)
+        return True
+    skb.next_hop = route.via if route.via is not None else pkt.dst
+    _postrouting(sim, ns, skb, visit, route, f"send → {route}")
+    return True
+
+
+def _postrouting(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, route: Route, action: str) -> None:
+    result = ns.stack.run(Hook.POSTROUTING, skb)
+    if not result.accepted:
+        _refuse(sim, ns, skb, visit, result, "POSTROUTING")
+        return
+    pkt = skb.pkt
+    next_hop = skb.next_hop if skb.next_hop is not None else pkt.dst
+    cost = cost_of(sim, skb, pkt)
+    delay = sim.charge(ns, cost)
+    visit.done(skb, pkt, "send" if skb.local_origin else "forward", action)
+    if visit.hop is not None:
+        visit.hop.cost_s = cost
+    sim.transmit(ns, route.dev, next_hop, pkt, delay=delay, skb=skb)
+
+
+# ----------------------------------------------------------------------------- bridge
+
+
+def bridge_netfilter(sim: Simulation, owner: Namespace, port_iface: str, pkt: Packet) -> bool:
+    """br_netfilter: a frame bridged between two ports of ``owner``'s bridge traverses the
+    owner's PREROUTING, FORWARD and POSTROUTING hooks (bridge-nf-call-iptables=1). Returns
+    whether the frame may continue."""
+    visit = Visit(sim, owner, pkt)
+    skb = _skb(sim, owner, pkt, visit, Hook.PREROUTING, in_iface=port_iface)
+    for hook in (Hook.PREROUTING, Hook.FORWARD, Hook.POSTROUTING):
+        if hook is not Hook.PREROUTING:
+            skb.ctx.out_iface = port_iface
+        result = owner.stack.run(hook, skb)
+        if not result.accepted:
+            _refuse(sim, owner, skb, visit, result, f"{hook.value} (bridged)")
+            return False
+    sim.charge(owner, cost_of(sim, skb, pkt))
+    visit.done(skb, pkt, "forward", f"bridge {port_iface} (br_netfilter)")
+    return True
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _finish(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet, visit: Visit,
+            verdict: str, action: str) -> None:
+    sim.charge(ns, cost_of(sim, skb, pkt))
+    sim.count(ns, verdict)
+    visit.done(skb, pkt, verdict, action)
+
+
+def _drop(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet, visit: Visit,
+          reason: str, verdict: str = "drop") -> None:
+    _finish(sim, ns, skb, pkt, visit, verdict, f"DROP at {ns.name}: {reason}")
+
+
+def _refuse(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, result: HookResult, where: str) -> None:
+    """A hook said DROP or REJECT."""
+    pkt = skb.pkt
+    why = result.reason or f"{where} verdict {result.verdict.value}"
+    if result.verdict is Verdict.REJECT:
+        with_ = result.reject_with or "icmp-port-unreachable"
+        if with_ == "tcp-reset" and pkt.proto == TCP:
+            _tcp_reset(sim, ns, skb, why)
+        else:
+            icmp_type, code = REJECT_ICMP_CODES.get(with_, (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH))
+            _icmp_error(sim, ns, skb, icmp_type, code, why, cause="reject")
+        _finish(sim, ns, skb, pkt, visit, "reject", f"REJECT at {ns.name} ({where}): {why}")
+        return
+    _finish(sim, ns, skb, pkt, visit, "drop", f"DROP at {ns.name} ({where}): {why}")
+
+
+def _icmp_error(sim: Simulation, ns: Namespace, skb: Skb, icmp_type: int, code: int,
+                reason: str, cause: str = "") -> None:
+    """icmp_send: tell the source why its packet went no further (never about an ICMP error)."""
+    pkt = skb.pkt
+    if pkt.proto == ICMP and pkt.icmp is not None:
+        return
+    src = pkt.dst if ns.is_local(pkt.dst) else ns.iface_address(skb.ctx.in_iface or "", pkt.src)
+    if src is None:
+        src = ns.primary_address() or 0
+    error = Packet(
+        src=src, dst=pkt.src, proto=ICMP,
+        icmp=IcmpError(icmp_type, code, pkt.tuple(), reporter=ns.name),
+        conn_id=pkt.conn_id, label="ICMP",
+        meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": cause or "icmp", "reason": reason},
+    )
+    sim.later(0.0, local_out, sim, ns, error, related=skb if cause == "reject" else None)
+
+
+def _tcp_reset(sim: Simulation, ns: Namespace, skb: Skb, reason: str) -> None:
+    pkt = skb.pkt
+    rst = Packet(src=pkt.dst, dst=pkt.src, proto=TCP, sport=pkt.dport, dport=pkt.sport,
+                 flags="RA", conn_id=pkt.conn_id, label="RST",
+                 meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "reject", "reason": reason})
+    sim.later(0.0, local_out, sim, ns, rst, related=skb)
+
+
+def unreachable_neighbour(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet,
+                          next_hop: int, segment: str) -> None:
+    """No ARP answer for the next hop: Linux reports host unreachable to the sender."""
+    reason = f"no ARP reply for {ip_str(next_hop)} on {segment}"
+    visit = Visit(sim, ns, pkt)
+    if skb is not None and not skb.local_origin:
+        _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, reason)
+    elif skb is not None:
+        sim.socket_error(ns.name, pkt, reason)
+    _finish(sim, ns, skb, pkt, visit, "no-route", f"NO_ROUTE at {ns.name}: {reason}")

@@ -1,0 +1,252 @@
+"""Sockets: how a namespace's stack hands packets to applications, and TCP/UDP endpoints.
+
+The model keeps the parts of TCP that decide reachability: the three-way handshake, RST on a
+closed port, a reply accepted only when it matches the socket's own 5-tuple, SYN
+retransmission, FIN teardown. Application data travels as :class:`Message` payloads, one
+packet per message (a "segment train": its length is the message's bytes plus headers).
+
+Example
+-------
+>>> table = SocketTable()
+>>> table.ephemeral_port(6, 1, 2, 80)
+32768
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+from typing import TYPE_CHECKING, Any, Protocol
+
+from k8snet_sim.net.addr import ip_str
+from k8snet_sim.net.packet import HEADER_BYTES, TCP, UDP, Packet
+
+if TYPE_CHECKING:
+    from k8snet_sim.sim.simulation import Simulation
+
+EPHEMERAL_LO, EPHEMERAL_HI = 32768, 60999  # net.ipv4.ip_local_port_range
+
+conn_ids = count(1)
+
+
+@dataclass
+class Message:
+    """Application data: ``size`` bytes; ``data`` what the receiving app may read."""
+
+    kind: str  # "request" | "response"
+    size: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class App(Protocol):
+    """What an application does with a connection."""
+
+    def on_established(self, sim: Simulation, conn: Endpoint) -> None: ...
+
+    def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None: ...
+
+    def on_closed(self, sim: Simulation, conn: Endpoint, reason: str) -> None: ...
+
+
+class Endpoint:
+    """A connected socket (TCP) or a connected UDP socket, in one namespace."""
+
+    def __init__(self, ns: str, proto: int, local: tuple[int, int], remote: tuple[int, int],
+                 app: App, *, conn_id: int, role: str) -> None:
+        self.ns = ns
+        self.proto = proto
+        self.local = local
+        self.remote = remote
+        self.app = app
+        self.conn_id = conn_id
+        self.role = role  # "client" | "server"
+        self.state = "CLOSED"
+        self.error: str | None = None
+        self.meta: dict[str, Any] = {}
+
+    @property
+    def key(self) -> tuple[int, int, int, int, int]:
+        return (self.proto, self.local[0], self.local[1], self.remote[0], self.remote[1])
+
+    def packet(self, flags: str = "", message: Message | None = None, label: str = "") -> Packet:
+        size = message.size if message is not None else 0
+        return Packet(
+            src=self.local[0], dst=self.remote[0], proto=self.proto, sport=self.local[1],
+            dport=self.remote[1], flags=flags, length=HEADER_BYTES.get(self.proto, 28) + size,
+            payload=message, conn_id=self.conn_id, label=label or flags,
+            meta={"dir": 0 if self.role == "client" else 1},
+        )
+
+    def describe(self) -> str:
+        return (f"{self.ns} {ip_str(self.local[0])}:{self.local[1]} ↔ "
+                f"{ip_str(self.remote[0])}:{self.remote[1]} {self.state}")
+
+
+class Listener:
+    """A listening socket: ``bind_address`` 0 means all addresses (0.0.0.0)."""
+
+    def __init__(self, proto: int, port: int, app_factory: Any, *, bind_address: int = 0,
+                 name: str = "") -> None:
+        self.proto = proto
+        self.port = port
+        self.bind_address = bind_address
+        self.app_factory = app_factory  # callable(sim, endpoint) -> App, or an App
+        self.name = name
+
+    def app_for(self, sim: Simulation, endpoint: Endpoint) -> App:
+        factory = self.app_factory
+        return factory(sim, endpoint) if callable(factory) and not hasattr(factory, "on_message") else factory
+
+
+class SocketTable:
+    """Listening and connected sockets of a namespace, and its ephemeral port allocator."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[tuple[int, int], list[Listener]] = {}
+        self.conns: dict[tuple[int, int, int, int, int], Endpoint] = {}
+        self._next_port = EPHEMERAL_LO
+
+    def listen(self, listener: Listener) -> None:
+        self.listeners.setdefault((listener.proto, listener.port), []).append(listener)
+
+    def listener_for(self, proto: int, address: int, port: int) -> Listener | None:
+        """Most specific bound listener for ``address:port`` (exact address beats 0.0.0.0)."""
+        candidates = self.listeners.get((proto, port))
+        if not candidates:
+            return None
+        for lst in candidates:
+            if lst.bind_address == address:
+                return lst
+        for lst in candidates:
+            if lst.bind_address == 0:
+                return lst
+        return None
+
+    def conn_for(self, pkt: Packet) -> Endpoint | None:
+        return self.conns.get((pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport))
+
+    def register(self, endpoint: Endpoint) -> None:
+        self.conns[endpoint.key] = endpoint
+
+    def unregister(self, endpoint: Endpoint) -> None:
+        if self.conns.get(endpoint.key) is endpoint:
+            del self.conns[endpoint.key]
+
+    def ephemeral_port(self, proto: int, local: int, remote: int, rport: int) -> int:
+        """Next free port in ip_local_port_range for this 4-tuple (sequential: deterministic)."""
+        span = EPHEMERAL_HI - EPHEMERAL_LO + 1
+        for _ in range(span):
+            port = self._next_port
+            self._next_port = EPHEMERAL_LO + (port - EPHEMERAL_LO + 1) % span
+            if (proto, local, port, remote, rport) not in self.conns:
+                return port
+        raise RuntimeError("ephemeral ports exhausted")
+
+
+def tcp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> str:
+    """Deliver a TCP segment addressed to this namespace. Returns what happened (for traces)."""
+    endpoint = sockets.conn_for(pkt)
+    if endpoint is not None:
+        return tcp_segment(sim, endpoint, pkt)
+    if pkt.flags == "S":
+        listener = sockets.listener_for(pkt.proto, pkt.dst, pkt.dport)
+        if listener is not None:
+            server = Endpoint(ns, pkt.proto, (pkt.dst, pkt.dport), (pkt.src, pkt.sport),
+                              app=None,  # type: ignore[arg-type]
+                              conn_id=pkt.conn_id, role="server")
+            server.app = listener.app_for(sim, server)
+            server.meta["listener"] = listener.name
+            server.state = "SYN_RECV"
+            sockets.register(server)
+            sim.send(ns, server.packet("SA", label="SYN-ACK"))
+            return f"accept SYN on {listener.name or 'listener'} {ip_str(pkt.dst)}:{pkt.dport}"
+    if "R" in pkt.flags:
+        return "RST for no socket: ignored"
+    # No socket: answer with RST (tcp_v4_send_reset), the way Linux refuses a closed port or a
+    # segment it does not recognise — including a SYN-ACK that is not the reply it expected.
+    rst = Packet(src=pkt.dst, dst=pkt.src, proto=pkt.proto, sport=pkt.dport, dport=pkt.sport,
+                 flags="R" if "A" in pkt.flags else "RA", conn_id=pkt.conn_id, label="RST",
+                 meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "no-socket"})
+    sim.send(ns, rst)
+    if pkt.flags == "S":
+        return f"no listener on {ip_str(pkt.dst)}:{pkt.dport}: RST"
+    return f"no socket for {pkt}: RST (not a reply to any connection of {ns})"
+
+
+def tcp_segment(sim: Simulation, ep: Endpoint, pkt: Packet) -> str:
+    """The TCP state machine of a connected socket (condensed)."""
+    flags = pkt.flags
+    if "R" in flags:
+        sim.sockets_of(ep.ns).unregister(ep)
+        ep.state, ep.error = "CLOSED", "reset"
+        ep.meta["reset_by"] = pkt
+        ep.app.on_closed(sim, ep, "reset")
+        return "connection reset"
+    if ep.state == "SYN_SENT":
+        if "S" in flags and "A" in flags:
+            ep.state = "ESTABLISHED"
+            sim.send(ep.ns, ep.packet("A", label="ACK"))
+            ep.app.on_established(sim, ep)
+            return "SYN-ACK: connection established"
+        return "unexpected segment in SYN_SENT"
+    if ep.state == "SYN_RECV" and "A" in flags:
+        ep.state = "ESTABLISHED"
+        ep.app.on_established(sim, ep)
+    note = "segment"
+    if isinstance(pkt.payload, Message):
+        ep.app.on_message(sim, ep, pkt.payload)
+        note = f"{pkt.payload.kind} ({pkt.payload.size} B) to application"
+    if "F" in flags:
+        if ep.state in ("ESTABLISHED", "SYN_RECV"):
+            ep.state = "LAST_ACK"
+            sim.send(ep.ns, ep.packet("FA", label="FIN"))
+        elif ep.state == "FIN_WAIT":
+            sim.send(ep.ns, ep.packet("A", label="ACK"))
+            sim.sockets_of(ep.ns).unregister(ep)
+            ep.state = "CLOSED"
+            ep.app.on_closed(sim, ep, "closed")
+        return "FIN"
+    if ep.state == "LAST_ACK" and "A" in flags:
+        sim.sockets_of(ep.ns).unregister(ep)
+        ep.state = "CLOSED"
+        ep.app.on_closed(sim, ep, "closed")
+    return note
+
+
+def udp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> str | None:
+    """Deliver a UDP datagram. Returns None when no socket wants it (→ ICMP port unreachable)."""
+    endpoint = sockets.conn_for(pkt)
+    if endpoint is not None:
+        if isinstance(pkt.payload, Message):
+            endpoint.app.on_message(sim, endpoint, pkt.payload)
+        return "datagram to connected socket"
+    listener = sockets.listener_for(UDP, pkt.dst, pkt.dport)
+    if listener is None:
+        return None
+    # A UDP server answers from the address the request was sent to (IP_PKTINFO), through an
+    # ephemeral endpoint object standing for the (address, peer) pair.
+    server = Endpoint(ns, UDP, (pkt.dst, pkt.dport), (pkt.src, pkt.sport), app=None,  # type: ignore[arg-type]
+                      conn_id=pkt.conn_id, role="server")
+    server.app = listener.app_for(sim, server)
+    server.state = "ESTABLISHED"
+    server.meta["listener"] = listener.name
+    if isinstance(pkt.payload, Message):
+        server.app.on_message(sim, server, pkt.payload)
+    return f"datagram to {listener.name or 'listener'} {ip_str(pkt.dst)}:{pkt.dport}"
+
+
+def send_message(sim: Simulation, ep: Endpoint, message: Message) -> None:
+    label = "REQ" if message.kind == "request" else "RESP"
+    flags = "PA" if ep.proto != UDP else ""
+    sim.send(ep.ns, ep.packet(flags, message, label=label))
+
+
+def close(sim: Simulation, ep: Endpoint) -> None:
+    """Active close: send FIN (TCP); forget the socket (UDP)."""
+    if ep.proto == TCP or ep.proto == 132:
+        if ep.state == "ESTABLISHED":
+            ep.state = "FIN_WAIT"
+            sim.send(ep.ns, ep.packet("FA", label="FIN"))
+            return
+    sim.sockets_of(ep.ns).unregister(ep)
+    ep.state = "CLOSED"
