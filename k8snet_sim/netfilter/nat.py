@@ -10,7 +10,7 @@ Example
 >>> stack = NetfilterStack()
 >>> install_conntrack(stack)
 >>> [n for _, n, _ in stack.ops(Hook.PREROUTING)]
-['conntrack']
+['conntrack', 'nat']
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from k8snet_sim.netfilter.hooks import (
     NAT_MANIP,
     PRI_CONNTRACK,
     PRI_CONNTRACK_CONFIRM,
+    PRI_NAT_DST,
+    PRI_NAT_SRC,
     NetfilterStack,
     Skb,
 )
@@ -315,12 +317,15 @@ def install_conntrack(
     """Register conntrack lookup/confirm and, if given, NAT rule evaluation.
 
     ``nat_tables`` maps a NAT hook to ``(priority, name, fn)`` of the rules to consult there.
-    Without an entry for a NAT hook, connections still get translated from existing bindings
-    (so a namespace without nat rules still un-NATs nothing, exactly like Linux without
-    iptable_nat loaded)."""
+    Without rules for a NAT hook, packets are still translated there from existing bindings."""
     for hook in CONNTRACK_IN_HOOKS:
         stack.register(hook, PRI_CONNTRACK, "conntrack", conntrack_in)
     for hook in CONNTRACK_CONFIRM_HOOKS:
         stack.register(hook, PRI_CONNTRACK_CONFIRM, "conntrack-confirm", conntrack_confirm)
-    for hook, (priority, name, fn) in (nat_tables or {}).items():
-        stack.register(hook, priority, name, nat_hook(NAT_MANIP[hook], fn))
+    # NAT hooks sit at all four points even where no rule is consulted: bindings made at one
+    # hook are undone at the opposite one (un-DNAT happens in POSTROUTING/INPUT).
+    tables = nat_tables or {}
+    for hook, manip in NAT_MANIP.items():
+        priority = PRI_NAT_DST if manip == "dst" else PRI_NAT_SRC
+        _, name, fn = tables.get(hook, (priority, "nat", None))
+        stack.register(hook, priority, name, nat_hook(manip, fn))

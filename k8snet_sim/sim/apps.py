@@ -29,16 +29,11 @@ class PodServer:
         self.response_bytes = response_bytes
 
     def on_established(self, sim: Simulation, conn: Endpoint) -> None:
-        if sim.recorder is not None:
-            sim.recorder.note(conn.conn_id, backend=self.pod,
-                              backend_address=f"{ip_str(conn.local[0])}:{conn.local[1]}",
-                              peer=ip_str(conn.remote[0]))
+        return None
 
     def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
         if message.kind != "request":
             return
-        if sim.recorder is not None and conn.proto == 17:
-            self.on_established(sim, conn)
         size = int(message.data.get("responseBytes", self.response_bytes))
         reply = Message("response", size, {
             "pod": self.pod,

@@ -76,6 +76,7 @@ class Visit:
         hop.action = action
         hop.packet = str(pkt)
         if skb is not None:
+            hop.rules_walked = skb.ctx.rules_walked
             if skb.ctx.events:
                 hop.rules.extend(e.describe() for e in skb.ctx.events)
             if skb.rewrites:

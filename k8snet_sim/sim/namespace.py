@@ -89,6 +89,16 @@ class Namespace:
             return ip("127.0.0.1")
         return self.iface_address(route.dev, route.via if route.via is not None else dst)
 
+    def iface_on_link(self, address: int) -> str | None:
+        """The interface whose connected prefix contains ``address`` (where a gateway must be)."""
+        for iface in self.interfaces.values():
+            if iface.kind not in ("ether", "bridge"):
+                continue
+            for a, p in iface.addresses:
+                if p < 32 and Cidr(a & Cidr(0, p).mask, p).contains(address):
+                    return iface.name
+        return None
+
     def primary_address(self) -> int | None:
         for iface in self.interfaces.values():
             if iface.kind != "loopback" and iface.primary is not None:

@@ -35,12 +35,14 @@ class Hop:
     rules: list[str] = field(default_factory=list)
     rewrites: list[str] = field(default_factory=list)
     cost_s: float = 0.0
+    rules_walked: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["packetIn"] = d.pop("packet_in")
         d["connId"] = d.pop("conn_id")
         d["costS"] = d.pop("cost_s")
+        d["rulesWalked"] = d.pop("rules_walked")
         return d
 
 

@@ -3,8 +3,8 @@
 It wraps a simpy Environment, one seeded ``random.Random`` (all decisions go through
 ``self.chooser``), the per-namespace dynamic state, CPU and link queues, and the optional
 :class:`~k8snet_sim.sim.recorder.Recorder`. :meth:`fork` gives an independent copy that shares
-the static world and copies state lazily, namespace by namespace, on first use — this is how
-every branch of a random choice is explored without rebuilding the world.
+the static world and copies only the namespaces' dynamic state (conntrack, sockets, queues) —
+this is how every branch of a random choice is explored without rebuilding the world.
 
 Example
 -------
@@ -42,8 +42,7 @@ class Simulation:
     """A run over a :class:`~k8snet_sim.sim.world.World`."""
 
     def __init__(self, world: World, *, seed: int = 0, chooser: Chooser | None = None,
-                 costs: CostModel | None = None, start: float = 0.0,
-                 parent: Simulation | None = None) -> None:
+                 costs: CostModel | None = None, start: float = 0.0) -> None:
         self.world = world
         self.seed = seed
         self.env = simpy.Environment(initial_time=start)
@@ -51,7 +50,6 @@ class Simulation:
         self.chooser: Chooser = chooser or SeededChooser(self.rng)
         self.costs = costs or world.costs
         self.recorder: Recorder | None = None
-        self._parent = parent
         self._states: dict[str, NsState] = {}
         self.link_drops: dict[str, int] = {}
         self.link_bytes: dict[str, int] = {}
@@ -64,15 +62,8 @@ class Simulation:
     def state(self, name: str) -> NsState:
         st = self._states.get(name)
         if st is None:
-            if self._parent is not None and self._parent.has_state(name):
-                st = self._copy_state(self._parent.state(name))
-            else:
-                st = self._new_state(name)
-            self._states[name] = st
+            st = self._states[name] = self._new_state(name)
         return st
-
-    def has_state(self, name: str) -> bool:
-        return name in self._states or (self._parent is not None and self._parent.has_state(name))
 
     def _new_state(self, name: str) -> NsState:
         ns = self.world.namespaces[name]
@@ -100,8 +91,11 @@ class Simulation:
     def fork(self, *, chooser: Chooser | None = None, seed: int | None = None) -> Simulation:
         """An independent continuation of this simulation from its current time and state."""
         child = Simulation(self.world, seed=self.seed if seed is None else seed, chooser=chooser,
-                           costs=self.costs, start=self.env.now, parent=self)
+                           costs=self.costs, start=self.env.now)
         child.rng.setstate(self.rng.getstate())
+        # Namespaces this run has touched are copied now; untouched ones start fresh in the
+        # child exactly as they would here.
+        child._states = {name: self._copy_state(st) for name, st in self._states.items()}
         if chooser is None:
             child.chooser = SeededChooser(child.rng)
         return child

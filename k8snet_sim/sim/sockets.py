@@ -86,12 +86,22 @@ class Listener:
     """A listening socket: ``bind_address`` 0 means all addresses (0.0.0.0)."""
 
     def __init__(self, proto: int, port: int, app_factory: Any, *, bind_address: int = 0,
-                 name: str = "") -> None:
+                 name: str = "", pod: str | None = None) -> None:
         self.proto = proto
         self.port = port
         self.bind_address = bind_address
         self.app_factory = app_factory  # callable(sim, endpoint) -> App, or an App
         self.name = name
+        self.pod = pod  # "namespace/name" when a pod's application owns the socket
+
+    def note_accept(self, sim: Simulation, pkt: Packet) -> None:
+        """Tell the recorder who accepted a traced connection (the endpoint it reached)."""
+        if sim.recorder is not None and sim.recorder.wants(pkt):
+            sim.recorder.note(pkt.conn_id, accepted={
+                "listener": self.name, "pod": self.pod,
+                "address": f"{ip_str(pkt.dst)}:{pkt.dport}",
+                "peer": f"{ip_str(pkt.src)}:{pkt.sport}",
+            })
 
     def app_for(self, sim: Simulation, endpoint: Endpoint) -> App:
         factory = self.app_factory
@@ -157,6 +167,7 @@ def tcp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
             server.app = listener.app_for(sim, server)
             server.meta["listener"] = listener.name
             server.state = "SYN_RECV"
+            listener.note_accept(sim, pkt)
             sockets.register(server)
             sim.send(ns, server.packet("SA", label="SYN-ACK"))
             return f"accept SYN on {listener.name or 'listener'} {ip_str(pkt.dst)}:{pkt.dport}"
@@ -230,6 +241,7 @@ def udp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
     server.app = listener.app_for(sim, server)
     server.state = "ESTABLISHED"
     server.meta["listener"] = listener.name
+    listener.note_accept(sim, pkt)
     if isinstance(pkt.payload, Message):
         server.app.on_message(sim, server, pkt.payload)
     return f"datagram to {listener.name or 'listener'} {ip_str(pkt.dst)}:{pkt.dport}"

@@ -1,0 +1,141 @@
+"""The ``k8snet-sim`` command line: a thin Typer front end over the library.
+
+Exit status: 0 fine, 1 an expectation or comparison failed, 2 bad input. Every command takes
+``--mode``, ``--set dotted.key=value`` and ``--seed``; ``--json`` where it prints results.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from k8snet_sim.errors import K8sNetSimError, ScenarioError
+
+app = typer.Typer(
+    name="k8snet-sim",
+    help="Simulate Kubernetes service networking: trace packets, check reachability, measure load.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModeOpt = Annotated[str | None, typer.Option("--mode", help="Override the kube-proxy mode.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field: dotted.key=value (repeatable).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the simulation's random generator.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (YAML).", show_default=False)]
+
+
+def handle_errors(fn: F) -> F:
+    """Bad input → a clear message on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ScenarioError as err:
+            err_console.print(err.render(), markup=False, highlight=False)
+            err_console.print(f"{len(err.diagnostics)} error(s).", style="bold red")
+            raise typer.Exit(2) from None
+        except K8sNetSimError as err:
+            err_console.print(f"error: {err}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _load(scenario: Path, mode: str | None, sets: list[str] | None, seed: int) -> Any:
+    from k8snet_sim.api import simulate
+    from k8snet_sim.scenario.loader import load_scenario
+
+    loaded = load_scenario(scenario, overrides=sets or (), mode=mode)
+    return loaded, simulate(loaded, seed=seed)
+
+
+@app.command()
+@handle_errors
+def validate(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, seed: SeedOpt = 0,
+             as_json: JsonOpt = False) -> None:
+    """Load and check a scenario; show what the control plane made of it and what is ignored."""
+    from k8snet_sim.report.scenario import validate_report, validate_view
+
+    loaded, sim = _load(scenario, mode, set_, seed)
+    report = validate_report(loaded, sim.world)
+    if as_json:
+        emit_json(report)
+    else:
+        console.print(validate_view(report))
+
+
+@app.command()
+@handle_errors
+def trace(
+    scenario: ScenarioArg,
+    source: Annotated[str, typer.Option("--from", help="Source: pod/NS/NAME, node/N, host/N, router/N.")],
+    target: Annotated[str, typer.Option("--to", help="Target: service/NS/NAME:PORT, IP:PORT, …")],
+    mode: ModeOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the topology with the path (PNG/SVG).")] = None,
+    log: Annotated[bool, typer.Option("--log", help="Also show every packet of the connection.")] = False,
+) -> None:
+    """Trace one connection hop by hop: request, reply, and every endpoint it could reach."""
+    from k8snet_sim.analysis.trace import trace as run_trace
+    from k8snet_sim.report.terminal import print_trace
+
+    _, sim = _load(scenario, mode, set_, seed)
+    result = run_trace(sim, source, target)
+    if plot is not None:
+        from k8snet_sim.report.plot import save_topology
+
+        save_topology(sim.world, plot, result)
+    if as_json:
+        emit_json(result.to_dict(log=log))
+    else:
+        print_trace(result, console, log=log)
+        if plot is not None:
+            console.print(f"picture written to {plot}")
+
+
+@app.command()
+@handle_errors
+def rules(
+    scenario: ScenarioArg,
+    node: Annotated[str, typer.Option("--node", help="Node whose kube-proxy datapath to print.")],
+    mode: ModeOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Print the datapath configuration kube-proxy would write on a node."""
+    from k8snet_sim.errors import UnknownEndpoint
+
+    _, sim = _load(scenario, mode, set_, seed)
+    configs = sim.world.info.get("rules", {})
+    if node not in configs:
+        raise UnknownEndpoint(f"node/{node}", hint="nodes: " + ", ".join(sorted(configs)))
+    for _, text in configs[node].items():
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

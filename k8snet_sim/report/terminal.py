@@ -1,0 +1,90 @@
+"""Terminal views (rich): a trace as a hop table, with times, rules and rewrites.
+
+Example
+-------
+>>> fmt_time(0.000123456)
+'123.5µs'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from k8snet_sim.analysis.trace import TraceResult
+    from k8snet_sim.sim.recorder import Hop
+
+VERDICT_STYLE = {
+    "DELIVERED": "bold green",
+    "REPLY_LOST": "bold yellow",
+}
+
+
+def fmt_time(t: float) -> str:
+    if t < 1e-3:
+        return f"{t * 1e6:.1f}µs"
+    if t < 1:
+        return f"{t * 1e3:.3f}ms"
+    return f"{t:.3f}s"
+
+
+def _hop_table(title: str, hops: list[Hop], t0: float, *, details: bool = True) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False, expand=False, pad_edge=False)
+    table.add_column("t", justify="right", style="dim", no_wrap=True)
+    table.add_column("namespace", style="cyan", no_wrap=True)
+    table.add_column("what happened")
+    table.add_column("packet", no_wrap=True)
+    for h in hops:
+        what = Text(h.action)
+        if details:
+            for rule in h.rules:
+                what.append(f"\n  · {rule}", style="magenta")
+            for rw in h.rewrites:
+                what.append(f"\n  ⇒ {rw}", style="bold blue")
+        style = {"drop": "red", "reject": "red", "no-route": "red", "stray": "yellow",
+                 "refused": "red", "ttl": "red"}.get(h.verdict, "")
+        table.add_row(fmt_time(h.t - t0), h.node, what, Text(f"{h.label}: {h.packet}", style=style))
+    return table
+
+
+def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) -> Group:
+    """The renderable for a trace: verdict line, request hops, reply hops, endpoints."""
+    t0 = result.started_at
+    style = VERDICT_STYLE.get(result.disposition, "bold red")
+    head = Text()
+    head.append(f"{result.source} → {result.target}", style="bold")
+    head.append(f"  ({result.destination} {result.protocol}, mode {result.mode}, seed {result.seed})\n",
+                style="dim")
+    head.append(f"{result.disposition}", style=style)
+    head.append(f"  reachable={str(result.reachable).lower()}  ")
+    head.append(result.reason)
+    parts: list = [head]
+    if result.endpoint:
+        ep = result.endpoint
+        seen = f", source seen by backend {result.source_seen_by_backend}" if result.source_seen_by_backend else ""
+        parts.append(Text(f"endpoint: {ep['pod']} {ep['ip']}:{ep['port']} on node {ep['node']}{seen}"))
+    parts.append(_hop_table("request (first packet)", result.hops, t0, details=details))
+    if result.reply_hops:
+        parts.append(_hop_table("reply (first packet back)", result.reply_hops, t0, details=details))
+    if log:
+        parts.append(_hop_table("every packet", result.log, t0, details=details))
+    if result.possible_endpoints:
+        table = Table(title="possible endpoints (every branch of the random choices)",
+                      title_justify="left")
+        for col in ("endpoint", "pod", "probability", "verdict", "source seen"):
+            table.add_column(col)
+        for row in result.possible_endpoints:
+            where = f"{row['ip']}:{row['port']}" if row["ip"] else "—"
+            table.add_row(where, row["pod"] or "—", f"{row['probability']:.4f}",
+                          Text(row["disposition"], style=VERDICT_STYLE.get(row["disposition"], "red")),
+                          row.get("sourceSeenByBackend") or "—")
+        parts.append(table)
+    return Group(*parts)
+
+
+def print_trace(result: TraceResult, console: Console | None = None, **kw: bool) -> None:
+    (console or Console()).print(trace_view(result, **kw))

@@ -1,0 +1,66 @@
+"""Install a node's kube-proxy datapath, whichever mode the scenario runs.
+
+The proxiers (``k8snet_sim.proxy``) are pure: cluster state in, configuration out
+(``iptables-restore`` text, IPVS tables, an nftables ruleset, a userspace proxy-port table).
+This module loads that configuration into the node's namespace the way the kernel would:
+iptables tables register at their hooks, NAT rules behind conntrack.
+
+Example
+-------
+>>> sorted(MODES)
+['iptables', 'ipvs', 'nftables', 'userspace']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from k8snet_sim.cluster.model import ClusterState
+from k8snet_sim.errors import NotSupported
+from k8snet_sim.netfilter.context import Hook, HookResult
+from k8snet_sim.netfilter.hooks import IPTABLES_TABLE_HOOKS, Skb
+from k8snet_sim.netfilter.iptables_save import parse_iptables_save
+from k8snet_sim.netfilter.nat import install_conntrack
+from k8snet_sim.proxy import iptables as iptables_proxy
+
+if TYPE_CHECKING:
+    from k8snet_sim.netfilter.rules import IptablesRuleset
+    from k8snet_sim.sim.namespace import Namespace
+    from k8snet_sim.sim.world import World
+
+MODES = ("userspace", "iptables", "ipvs", "nftables")
+
+
+def _table_fn(ruleset: IptablesRuleset, table: str, hook: Hook) -> Callable[[Skb], HookResult]:
+    def run(skb: Skb) -> HookResult:
+        return ruleset.run(table, hook, skb.pkt, skb.ctx)
+
+    return run
+
+
+def install_iptables(ns: Namespace, ruleset: IptablesRuleset) -> None:
+    """Register an iptables ruleset's tables at their hooks (NAT behind conntrack)."""
+    nat_tables = {}
+    for table, hooks in IPTABLES_TABLE_HOOKS.items():
+        if table not in ruleset.tables:
+            continue
+        for hook, priority in hooks.items():
+            fn = _table_fn(ruleset, table, hook)
+            if table == "nat":
+                nat_tables[hook] = (priority, "iptables nat", fn)
+            else:
+                ns.stack.register(hook, priority, f"iptables {table}", fn)
+    install_conntrack(ns.stack, nat_tables)
+
+
+def install_kube_proxy(world: World, state: ClusterState, node: str) -> None:
+    mode = state.kube_proxy.mode
+    ns = world.namespaces[f"node/{node}"]
+    rules = world.info.setdefault("rules", {})
+    if mode == "iptables":
+        text = iptables_proxy.node_rules(state, node)
+        install_iptables(ns, parse_iptables_save(text, file=f"node/{node} iptables"))
+        rules[node] = {"iptables": text}
+        return
+    raise NotSupported(f"kube-proxy mode {mode!r} is not available yet")
