@@ -25,8 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output gets a wide console: hop lines carry rule comments and packets.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -131,6 +132,24 @@ def rules(
         raise UnknownEndpoint(f"node/{node}", hint="nodes: " + ", ".join(sorted(configs)))
     for _, text in configs[node].items():
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+@handle_errors
+def check(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, seed: SeedOpt = 0,
+          as_json: JsonOpt = False) -> None:
+    """Evaluate the scenario's expect: list; exit 1 if any expectation fails."""
+    from k8snet_sim.analysis.check import check as run_check
+    from k8snet_sim.report.terminal import print_check
+
+    loaded, sim = _load(scenario, mode, set_, seed)
+    result = run_check(sim, loaded)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_check(result, console)
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -214,6 +214,11 @@ def _first_packet_hops(hops: list[Hop], conn: int, direction: int) -> list[Hop]:
     return out
 
 
+def _proxy_hops(hops: list[Hop], conn: int) -> list[Hop]:
+    """What proxies (userspace kube-proxy, ingress controllers) did with ``conn``."""
+    return [h for h in hops if h.conn_id == conn and h.label == "proxy"]
+
+
 def _endpoint(sim: Simulation, accepted: dict[str, Any] | None) -> dict[str, Any] | None:
     if not accepted or not accepted.get("pod"):
         return None
@@ -235,8 +240,10 @@ def _assemble(sim: Simulation, source: str, source_ns: str, dest: Target, outcom
             accepted = note
     endpoint = _endpoint(sim, accepted)
     disposition, reason = _classify(outcome, log, chain, recorder, source_ns, dest)
-    hops = [h for cid in chain for h in _first_packet_hops(log, cid, 0)]
-    reply_hops = [h for cid in reversed(chain) for h in _first_packet_hops(log, cid, 1)]
+    hops = sorted((h for cid in chain for h in (*_first_packet_hops(log, cid, 0),
+                                                 *_proxy_hops(log, cid))), key=lambda h: h.t)
+    reply_hops = sorted((h for cid in chain for h in _first_packet_hops(log, cid, 1)),
+                        key=lambda h: h.t)
     connections = []
     for cid in chain:
         note = recorder.notes.get(cid, {}).get("accepted") or {}
@@ -297,8 +304,12 @@ def _classify(outcome: Outcome, log: list[Hop], chain: list[int], recorder: Reco
                 return "REPLY_LOST", _reply_lost_reason(h, log, in_chain, dest)
             if h.verdict in ("drop", "no-route", "reject", "ttl"):
                 return "REPLY_LOST", f"the reply was lost on its way back: {h.action}"
-    if outcome.status == "reset":
-        return "REJECTED", "the connection was reset"
+    for cid in chain:
+        refused = recorder.notes.get(cid, {}).get("refused_by")
+        if refused:
+            return "REJECTED", refused
+    if outcome.status in ("reset", "closed"):
+        return "REJECTED", f"the connection was {'reset' if outcome.status == 'reset' else 'closed'} without a response"
     if outcome.status == "timeout":
         return "DROPPED", f"no answer: {outcome.detail} (the packets were not seen failing)"
     return "DROPPED", outcome.detail or outcome.status

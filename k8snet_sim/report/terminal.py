@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from k8snet_sim.analysis.check import CheckResult
     from k8snet_sim.analysis.trace import TraceResult
     from k8snet_sim.sim.recorder import Hop
 
@@ -32,23 +33,23 @@ def fmt_time(t: float) -> str:
     return f"{t:.3f}s"
 
 
-def _hop_table(title: str, hops: list[Hop], t0: float, *, details: bool = True) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False, expand=False, pad_edge=False)
-    table.add_column("t", justify="right", style="dim", no_wrap=True)
-    table.add_column("namespace", style="cyan", no_wrap=True)
-    table.add_column("what happened")
-    table.add_column("packet", no_wrap=True)
+def _hop_lines(title: str, hops: list[Hop], t0: float, *, details: bool = True) -> Text:
+    """One block per hop: time, namespace and what it did; then rules, rewrites, the packet."""
+    out = Text(f"{title}\n", style="bold underline")
     for h in hops:
-        what = Text(h.action)
+        style = {"drop": "red", "reject": "red", "no-route": "red", "stray": "yellow",
+                 "refused": "red", "ttl": "red", "proxy": "bold cyan"}.get(h.verdict, "")
+        out.append(f"{fmt_time(h.t - t0):>10}  ", style="dim")
+        out.append(f"{h.node}", style="cyan")
+        out.append(f"  {h.action}\n", style=style)
         if details:
             for rule in h.rules:
-                what.append(f"\n  · {rule}", style="magenta")
+                out.append(f"{'':12}· {rule}\n", style="magenta")
             for rw in h.rewrites:
-                what.append(f"\n  ⇒ {rw}", style="bold blue")
-        style = {"drop": "red", "reject": "red", "no-route": "red", "stray": "yellow",
-                 "refused": "red", "ttl": "red"}.get(h.verdict, "")
-        table.add_row(fmt_time(h.t - t0), h.node, what, Text(f"{h.label}: {h.packet}", style=style))
-    return table
+                out.append(f"{'':12}⇒ {rw}\n", style="bold blue")
+        if h.packet:
+            out.append(f"{'':12}{h.label}: {h.packet}\n", style="dim")
+    return out
 
 
 def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) -> Group:
@@ -67,11 +68,11 @@ def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) 
         ep = result.endpoint
         seen = f", source seen by backend {result.source_seen_by_backend}" if result.source_seen_by_backend else ""
         parts.append(Text(f"endpoint: {ep['pod']} {ep['ip']}:{ep['port']} on node {ep['node']}{seen}"))
-    parts.append(_hop_table("request (first packet)", result.hops, t0, details=details))
+    parts.append(_hop_lines("request (first packet)", result.hops, t0, details=details))
     if result.reply_hops:
-        parts.append(_hop_table("reply (first packet back)", result.reply_hops, t0, details=details))
+        parts.append(_hop_lines("reply (first packet back)", result.reply_hops, t0, details=details))
     if log:
-        parts.append(_hop_table("every packet", result.log, t0, details=details))
+        parts.append(_hop_lines("every packet", result.log, t0, details=details))
     if result.possible_endpoints:
         table = Table(title="possible endpoints (every branch of the random choices)",
                       title_justify="left")
@@ -88,3 +89,23 @@ def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) 
 
 def print_trace(result: TraceResult, console: Console | None = None, **kw: bool) -> None:
     (console or Console()).print(trace_view(result, **kw))
+
+
+def print_check(result: CheckResult, console: Console | None = None) -> None:
+    """One line per expectation (✓ / ✗ / skipped), failures with their trace summary."""
+    console = console or Console()
+    for r in result.results:
+        label = r.description or f"{r.source} → {r.target}"
+        if not r.applies:
+            console.print(Text(f"  –  {label} (not for this mode/settings)", style="dim"))
+            continue
+        if r.passed:
+            console.print(Text("  ✓  ", style="bold green") + Text(label))
+            continue
+        console.print(Text("  ✗  ", style="bold red") + Text(label))
+        for failure in r.failures:
+            console.print(Text(f"       {failure}", style="red"))
+        if r.trace is not None:
+            console.print(Text(f"       trace: {r.trace.summary()}", style="dim"))
+    style = "bold green" if result.passed else "bold red"
+    console.print(Text(result.summary(), style=style))

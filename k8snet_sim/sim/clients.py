@@ -77,7 +77,9 @@ class RequestClient:
     def on_closed(self, sim: Simulation, conn: Endpoint, reason: str) -> None:
         if reason == "closed":
             return
-        if reason == "reset":
+        if reason == "closed by peer":
+            self._finish(sim, "closed", "the peer closed the connection without a response")
+        elif reason == "reset":
             self._finish(sim, "reset", "connection reset by peer")
         elif reason.startswith("timeout"):
             self._finish(sim, "timeout", reason)

@@ -22,7 +22,11 @@ from k8snet_sim.netfilter.context import Hook, HookResult
 from k8snet_sim.netfilter.hooks import IPTABLES_TABLE_HOOKS, Skb
 from k8snet_sim.netfilter.iptables_save import parse_iptables_save
 from k8snet_sim.netfilter.nat import install_conntrack
+from k8snet_sim.net.packet import PROTO_NUMBERS
 from k8snet_sim.proxy import iptables as iptables_proxy
+from k8snet_sim.proxy import userspace as userspace_proxy
+from k8snet_sim.sim.sockets import Listener
+from k8snet_sim.sim.userspace import UserspaceProxy
 
 if TYPE_CHECKING:
     from k8snet_sim.netfilter.rules import IptablesRuleset
@@ -62,5 +66,14 @@ def install_kube_proxy(world: World, state: ClusterState, node: str) -> None:
         text = iptables_proxy.node_rules(state, node)
         install_iptables(ns, parse_iptables_save(text, file=f"node/{node} iptables"))
         rules[node] = {"iptables": text}
+        return
+    if mode == "userspace":
+        config = userspace_proxy.sync(state, node)
+        install_iptables(ns, parse_iptables_save(config.rules, file=f"node/{node} userspace portals"))
+        for port in config.ports:
+            world.listen(ns.name, Listener(PROTO_NUMBERS[port.protocol.lower()], port.proxy_port,
+                                           UserspaceProxy(ns.name, port),
+                                           name=f"kube-proxy (userspace) {port.name}"))
+        rules[node] = {"iptables": config.rules, "proxy-ports": config.port_table()}
         return
     raise NotSupported(f"kube-proxy mode {mode!r} is not available yet")

@@ -211,6 +211,7 @@ def tcp_segment(sim: Simulation, ep: Endpoint, pkt: Packet) -> str:
         if ep.state in ("ESTABLISHED", "SYN_RECV"):
             ep.state = "LAST_ACK"
             sim.send(ep.ns, ep.packet("FA", label="FIN"))
+            ep.app.on_closed(sim, ep, "closed by peer")
         elif ep.state == "FIN_WAIT":
             sim.send(ep.ns, ep.packet("A", label="ACK"))
             sim.sockets_of(ep.ns).unregister(ep)

@@ -1,0 +1,126 @@
+"""Do the sources and targets of ``expect:`` and ``traffic:`` name things that exist?
+
+Syntax was checked when loading (:func:`k8snet_sim.scenario.refs.parse_ref`); existence needs
+the control plane's output (generated pod names, allocated nodePorts, Ingress routes).
+A headless Service has no ClusterIP to aim at; a ``nodeport/`` target needs a port that has a
+nodePort; ``loadbalancer/`` needs type LoadBalancer; ``http://`` needs an ingress controller and
+an Ingress rule matching host and path.
+
+Example
+-------
+>>> from k8snet_sim.cluster.build import build_cluster
+>>> from k8snet_sim.scenario.loader import load_scenario_text
+>>> text = '''
+... metadata: {name: demo}
+... cluster: {nodes: [{name: n1, address: 192.168.10.11, subnet: lan}]}
+... network: {subnets: [{name: lan, cidr: 192.168.10.0/24}]}
+... expect: [{from: node/n1, to: "service/default/nope:80"}]
+... '''
+>>> scenario = load_scenario_text(text, file="demo.yaml")
+>>> build = build_cluster(scenario, check_references=False)
+>>> print(check_refs(scenario, build)[0].render())
+demo.yaml:5:30: expect[0].to: unknown Service default/nope
+    hint: check the namespace and name
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from k8snet_sim.cluster.model import Service
+from k8snet_sim.errors import Diagnostic
+from k8snet_sim.scenario.refs import Ref, RefSyntaxError, parse_ref
+from k8snet_sim.scenario.schema import Scenario
+from k8snet_sim.scenario.yamlpos import YamlPath
+
+if TYPE_CHECKING:
+    from k8snet_sim.cluster.build import ClusterBuild
+
+
+def check_refs(scenario: Scenario, build: ClusterBuild) -> list[Diagnostic]:
+    """Diagnostics for every reference in ``expect`` / ``traffic`` that names nothing."""
+    problems: list[Diagnostic] = []
+    fields: list[tuple[YamlPath, str]] = []
+    for i, e in enumerate(scenario.expect):
+        fields += [(("expect", i, "from"), e.source), (("expect", i, "to"), e.target)]
+        # A single string is located at the field itself (the locator falls back to it).
+        for name, values in (("endpoint", e.endpoint), ("reachableVia", e.reachable_via)):
+            for j, value in enumerate(values or []):
+                if value.startswith("pod/"):
+                    path: YamlPath = ("expect", i, name, j)
+                    fields.append((path, value))
+    for i, t in enumerate(scenario.traffic):
+        fields += [(("traffic", i, "from"), t.source), (("traffic", i, "to"), t.target)]
+    for path, text in fields:
+        try:
+            ref = parse_ref(text)
+        except RefSyntaxError as err:  # pragma: no cover - the schema checked the syntax
+            problems.append(scenario.diagnostic(path, str(err), err.hint))
+            continue
+        message = _missing(scenario, build, ref)
+        if message is not None:
+            problems.append(scenario.diagnostic(path, message[0], message[1]))
+    return problems
+
+
+def _missing(scenario: Scenario, build: ClusterBuild, ref: Ref) -> tuple[str, str] | None:
+    """(message, hint) when ``ref`` names nothing, else None."""
+    state = build.state
+    if ref.kind == "pod":
+        if not any(p.key == ref.key for p in state.pods):
+            pods = ", ".join(p.key for p in state.pods) or "none"
+            return f"unknown pod {ref.key}", f"pods: {pods}"
+        return None
+    if ref.kind in ("node", "host", "router") or ref.kind == "nodeport":
+        kind = "node" if ref.kind == "nodeport" else ref.kind
+        name = (ref.node if ref.kind == "nodeport" else ref.name) or ""
+        names = {
+            "node": [n.name for n in state.nodes],
+            "host": [h.name for h in scenario.network.hosts],
+            "router": [r.name for r in scenario.network.routers],
+        }[kind]
+        if name not in names:
+            return f"unknown {kind} {name!r}", f"{kind}s: {', '.join(names) or 'none'}"
+        if ref.kind != "nodeport":
+            return None
+    if ref.kind in ("service", "nodeport", "loadbalancer"):
+        return _service_target(state.service(ref.namespace or "default", ref.name or ""), ref)
+    if ref.kind == "http":
+        return _http_target(scenario, build, ref)
+    return None
+
+
+def _service_target(service: Service | None, ref: Ref) -> tuple[str, str] | None:
+    if service is None:
+        return f"unknown Service {ref.key}", "check the namespace and name"
+    port = service.find_port(ref.port if ref.port is not None else "")
+    if port is None:
+        ports = ", ".join(p.name or str(p.port) for p in service.ports) or "none"
+        return f"Service {ref.key} has no port {ref.port!r}", f"its ports: {ports}"
+    if ref.kind == "service" and service.cluster_ip is None:
+        return f"Service {ref.key} has no ClusterIP ({service.type}, headless?)", "target a pod"
+    if ref.kind == "nodeport" and not port.node_port:
+        return (
+            f"Service {ref.key} port {ref.port} has no nodePort (type {service.type})",
+            "use type NodePort or LoadBalancer",
+        )
+    if ref.kind == "loadbalancer" and service.type != "LoadBalancer":
+        return (
+            f"Service {ref.key} is type {service.type}, not LoadBalancer",
+            "use type LoadBalancer",
+        )
+    return None
+
+
+def _http_target(scenario: Scenario, build: ClusterBuild, ref: Ref) -> tuple[str, str] | None:
+    if not scenario.ingress_controllers:
+        return (
+            f"{ref} goes through an ingress controller, but none is configured",
+            "add ingressControllers: [{class: nginx, deployment: NS/NAME, service: NS/NAME}]",
+        )
+    host, path = ref.host or "", ref.path or "/"
+    for ingress in build.ingresses:
+        if any(r.matches(host, path) for r in ingress.routes) or ingress.default_backend:
+            return None
+    hosts = sorted({h for i in build.ingresses for h in i.hosts})
+    return f"no Ingress rule matches {ref}", f"Ingress hosts: {', '.join(hosts) or 'none'}"
