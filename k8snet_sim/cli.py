@@ -152,6 +152,16 @@ def check(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, seed
         raise typer.Exit(1)
 
 
+def _register_plugins() -> None:
+    from k8snet_sim import cli_emulate, cli_reach
+
+    cli_reach.register(app)
+    cli_emulate.register(app)
+
+
+_register_plugins()
+
+
 def main() -> None:
     app()
 
