@@ -522,10 +522,6 @@ def test_ingress_route_matching(route, host, path, matches):
             'expect.0.to="loadbalancer/shop/cart:80"',
             "expect[0].to: Service shop/cart is type ClusterIP",
         ),
-        (
-            'expect.0.to="http://other.example/"',
-            "expect[0].to: no Ingress rule matches http://other.example/",
-        ),
         ("expect.0.from=pod/shop/web-7", "expect[0].from: unknown pod shop/web-7"),
         ('traffic.2.to="nodeport/node9/shop/web:80"', "traffic[2].to: unknown node 'node9'"),
         ("podStatus.0.pod=shop/web-9", "podStatus[0].pod: unknown pod shop/web-9"),

@@ -138,8 +138,44 @@ def resolve_target(world: World, text: str) -> Target:
         return Target(text, "loadbalancer", ip(svc.load_balancer_ips[0]), port.port,
                       PROTO_NUMBERS[port.protocol.lower()], svc, port)
     if ref.kind == "http":
-        raise UnknownEndpoint(text, hint="Ingress targets need an ingress controller in the scenario")
+        return _http_target(world, ref, text)
     raise UnknownEndpoint(text)
+
+
+def _http_target(world: World, ref: Ref, text: str) -> Target:
+    """``http://HOST/PATH`` goes to the external address of the ingress controller that serves
+    HOST: its Service's LoadBalancer IP, else a NodePort on the first node, else its ClusterIP."""
+    scenario = world.info["scenario"]
+    build = world.info["cluster"]
+    state = _state(world)
+    host = (ref.host or "").lower()
+    classes = []
+    for ing in build.ingresses:
+        if any(r.matches(host, "/") or (r.host or "") == host for r in ing.routes) or not ing.hosts:
+            classes.append(ing.class_name)
+    for spec in scenario.ingress_controllers:
+        if classes and spec.class_name not in classes:
+            continue
+        namespace, name = spec.service.split("/", 1)
+        svc = state.service(namespace, name)
+        if svc is None:
+            continue
+        port = svc.find_port(ref.port if ref.port is not None else 80)
+        if port is None:
+            continue
+        proto = PROTO_NUMBERS[port.protocol.lower()]
+        common = {"service": svc, "service_port": port, "http_host": ref.host,
+                  "http_path": ref.path or "/"}
+        if svc.load_balancer_ips:
+            return Target(text, "http", ip(svc.load_balancer_ips[0]), port.port, proto, **common)
+        if port.node_port and state.nodes:
+            node = state.nodes[0]
+            return Target(text, "http", ip(node.address), port.node_port, proto, node=node.name,
+                          **common)
+        if svc.cluster_ip:
+            return Target(text, "http", ip(svc.cluster_ip), port.port, proto, **common)
+    raise UnknownEndpoint(text, hint="no ingress controller (scenario ingressControllers:) serves "
+                          f"host {ref.host}")
 
 
 def _container_port(pod: object, port: int | str | None, text: str) -> tuple[int, int]:

@@ -59,6 +59,8 @@ class TraceResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     rules_walked: int = 0
+    service: dict[str, Any] | None = None  # the Service port the target names: port mapping
+    http_status: int | None = None
 
     def summary(self) -> str:
         where = f" → {self.endpoint['pod'] or self.endpoint['ip']}" if self.endpoint else ""
@@ -78,6 +80,8 @@ class TraceResult:
             "endpoint": self.endpoint,
             "possibleEndpoints": self.possible_endpoints,
             "sourceSeenByBackend": self.source_seen_by_backend,
+            "service": self.service,
+            "httpStatus": self.http_status,
             "rulesWalked": self.rules_walked,
             "connections": self.connections,
             "hops": [h.to_dict() for h in self.hops],
@@ -252,10 +256,11 @@ def _assemble(sim: Simulation, source: str, source_ns: str, dest: Target, outcom
     peer = accepted["peer"].rpartition(":")[0] if accepted else None
     state = sim.world.info.get("state")
     first = hops[0] if hops else None
+    status = outcome.response.data.get("status") if outcome.response is not None else None
     return TraceResult(
         source=source or source_ns,
         target=dest.ref,
-        reachable=outcome.ok,
+        reachable=outcome.ok and (status is None or int(status) < 400),
         disposition=disposition,
         reason=reason,
         endpoint=endpoint,
@@ -272,15 +277,32 @@ def _assemble(sim: Simulation, source: str, source_ns: str, dest: Target, outcom
         started_at=first.t if first else 0.0,
         finished_at=outcome.finished_at or 0.0,
         rules_walked=sum(h.rules_walked for h in hops),
+        service=_service_info(dest),
+        http_status=int(status) if status is not None else None,
     )
+
+
+def _service_info(dest: Target) -> dict[str, Any] | None:
+    """port → targetPort → nodePort of the Service port the target names."""
+    if dest.service is None or dest.service_port is None:
+        return None
+    p = dest.service_port
+    return {"name": dest.service.key, "type": dest.service.type, "port": p.port,
+            "targetPort": p.target_port, "nodePort": p.node_port or None,
+            "protocol": p.protocol, "clusterIP": dest.service.cluster_ip,
+            "externalTrafficPolicy": dest.service.external_traffic_policy}
 
 
 def _classify(outcome: Outcome, log: list[Hop], chain: list[int], recorder: Recorder,
               source_ns: str, dest: Target) -> tuple[str, str]:
-    if outcome.ok:
-        resp = outcome.response.data if outcome.response else {}
+    resp = outcome.response.data if outcome.response else {}
+    status = resp.get("status")
+    if outcome.ok and (status is None or int(status) < 400):
         who = resp.get("pod") or "the destination"
-        return "DELIVERED", f"connection completed: {who} answered at {resp.get('address', dest.address)}"
+        text = f"connection completed: {who} answered at {resp.get('address', dest.address)}"
+        if resp.get("via"):
+            text += f" (HTTP {status} through ingress controller {resp['via']})"
+        return "DELIVERED", text
     note = recorder.notes.get(chain[0], {})
     if "no_route_at" in note:
         return "NO_ROUTE", f"NO_ROUTE at {note['no_route_at']}: {note['reason']}"
@@ -308,6 +330,9 @@ def _classify(outcome: Outcome, log: list[Hop], chain: list[int], recorder: Reco
         refused = recorder.notes.get(cid, {}).get("refused_by")
         if refused:
             return "REJECTED", refused
+    if outcome.ok and status is not None:
+        why = recorder.notes.get(chain[0], {}).get("ingress") or f"HTTP {status}"
+        return "REJECTED", f"HTTP {status}: {why}"
     if outcome.status in ("reset", "closed"):
         return "REJECTED", f"the connection was {'reset' if outcome.status == 'reset' else 'closed'} without a response"
     if outcome.status == "timeout":

@@ -118,9 +118,5 @@ def _http_target(scenario: Scenario, build: ClusterBuild, ref: Ref) -> tuple[str
             f"{ref} goes through an ingress controller, but none is configured",
             "add ingressControllers: [{class: nginx, deployment: NS/NAME, service: NS/NAME}]",
         )
-    host, path = ref.host or "", ref.path or "/"
-    for ingress in build.ingresses:
-        if any(r.matches(host, path) for r in ingress.routes) or ingress.default_backend:
-            return None
-    hosts = sorted({h for i in build.ingresses for h in i.hosts})
-    return f"no Ingress rule matches {ref}", f"Ingress hosts: {', '.join(hosts) or 'none'}"
+    # A request no rule matches is still a valid target: the controller answers 404.
+    return None

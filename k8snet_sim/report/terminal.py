@@ -64,6 +64,14 @@ def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) 
     head.append(f"  reachable={str(result.reachable).lower()}  ")
     head.append(result.reason)
     parts: list = [head]
+    if result.service:
+        sv = result.service
+        mapping = f"service {sv['name']} ({sv['type']}): port {sv['port']} → targetPort {sv['targetPort']}"
+        if sv.get("nodePort"):
+            mapping += f", nodePort {sv['nodePort']} (externalTrafficPolicy {sv['externalTrafficPolicy']})"
+        if result.http_status is not None:
+            mapping += f"; HTTP {result.http_status}"
+        parts.append(Text(mapping, style="dim"))
     if result.endpoint:
         ep = result.endpoint
         seen = f", source seen by backend {result.source_seen_by_backend}" if result.source_seen_by_backend else ""

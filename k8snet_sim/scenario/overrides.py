@@ -19,6 +19,7 @@ Example
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -55,6 +56,8 @@ def _parse_key(text: str) -> list[tuple[str | int, int]]:
     """Segments with their 1-based column in the override text."""
     out: list[tuple[str | int, int]] = []
     col = 1
+    # ``a[1].b`` is accepted as ``a.1.b`` (the path style of diagnostics).
+    text = re.sub(r"\[(\d+)\]", r".\1", text)
     for part in text.split("."):
         out.append((int(part) if part.isdigit() else part, col))
         col += len(part) + 1

@@ -360,8 +360,12 @@ class Scenario(BaseModel):
 
     def value(self, key: str) -> Any:
         """The (validated, defaulted) value of a dotted scenario key such as
-        ``cluster.kubeProxy.mode`` or ``network.subnets.0.cidr``. Raises KeyError."""
+        ``cluster.kubeProxy.mode`` or ``network.subnets.0.cidr``. Inside free-form data
+        (``manifests``, ``costs``) a missing key is ``None`` (absent); elsewhere an unknown key
+        raises KeyError."""
+        raw = self.document.data if isinstance(self.document.data, dict) else {}
         node: Any = {
+            "manifests": raw.get("manifests", []),
             "metadata": {"name": self.name, "description": self.description},
             "cluster": self.cluster,
             "network": self.network,
@@ -380,6 +384,8 @@ class Scenario(BaseModel):
                 node = node[part]
             elif isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
+            elif isinstance(node, dict | list | tuple) and key.split(".", 1)[0] in ("manifests", "costs"):
+                return None
             else:
                 raise KeyError(f"unknown scenario key {key!r} (at {part!r})")
         return node

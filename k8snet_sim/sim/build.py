@@ -22,7 +22,10 @@ from k8snet_sim.net.routing import Route
 from k8snet_sim.netfilter.nat import install_conntrack
 from k8snet_sim.sim.apps import PodServer
 from k8snet_sim.sim.costs import CostModel
+from k8snet_sim.sim.health import install_health_servers
+from k8snet_sim.sim.ingress import IngressController
 from k8snet_sim.sim.kubeproxy import install_kube_proxy
+from k8snet_sim.sim.loadbalancer import announce_metallb, health_check, provision_cloud
 from k8snet_sim.sim.namespace import Namespace
 from k8snet_sim.sim.sockets import Listener
 from k8snet_sim.sim.world import Vxlan, World
@@ -58,14 +61,38 @@ def build_world(scenario: Any, build: Any = None, *, costs: CostModel | None = N
     for node in state.nodes:
         _node(world, node, specs[node.name], scenario)
     _cni(world, state, scenario.cluster.cni)
+    controllers = _ingress_controllers(scenario, build)
     for pod in state.pods:
-        _pod(world, state, pod)
+        _pod(world, state, pod, controllers.get(pod.key))
     for node in state.nodes:
         install_kube_proxy(world, state, node.name)
+        install_health_servers(world, state, node.name)
+    devices = []
+    provider = scenario.load_balancer.provider if scenario.load_balancer else None
+    if provider == "metallb-l2":
+        announce_metallb(world, state, scenario)
+    elif provider == "cloud":
+        devices = provision_cloud(world, state, scenario)
     for ns in world.namespaces.values():
         if "conntrack" not in ns.stack.names():
             install_conntrack(ns.stack)
+    if devices:
+        health_check(world, devices)
+    world.info["ingressControllers"] = {k: v.class_name for k, v in controllers.items()}
     return world
+
+
+def _ingress_controllers(scenario: Any, build: Any) -> dict[str, IngressController]:
+    """The controller application of each ingress controller pod, by pod key."""
+    apps: dict[str, IngressController] = {}
+    for spec in scenario.ingress_controllers:
+        namespace, name = spec.deployment.split("/", 1)
+        ingresses = [i for i in build.ingresses if i.class_name == spec.class_name]
+        for pod in build.state.pods:
+            if pod.namespace == namespace and pod.owner == f"Deployment/{name}":
+                apps[pod.key] = IngressController(pod.key, spec.class_name, ingresses,
+                                                  build.state, spec.upstream)
+    return apps
 
 
 def _subnets(world: World, scenario: Any) -> None:
@@ -160,7 +187,7 @@ def _cni(world: World, state: ClusterState, cni: str) -> None:
                     world.graph.add_edge(ns.name, node_ns(other.name), kind="vxlan")
 
 
-def _pod(world: World, state: ClusterState, pod: Any) -> None:
+def _pod(world: World, state: ClusterState, pod: Any, controller: Any = None) -> None:
     node = state.node(pod.node)
     if pod.host_network:
         target = node_ns(node.name)
@@ -172,8 +199,11 @@ def _pod(world: World, state: ClusterState, pod: Any) -> None:
         world.connect(ns, "eth0", f"cni0@{node.name}")
         ns.routes.add(Route(DEFAULT, dev="eth0", via=pod_net.host(1), origin="cni"))
         target = ns.name
-    server = PodServer(pod.key)
+    server = controller or PodServer(pod.key)
+    # The controller's sockets are not endpoints of the request: its backends are.
+    owner = None if controller is not None else pod.key
+    kind = f"ingress controller {pod.key}" if controller is not None else pod.key
     for port in pod.ports:
         proto = PROTO_NUMBERS[port.protocol.lower()]
         world.listen(target, Listener(proto, port.port, server,
-                                      name=f"{pod.key}:{port.name or port.port}", pod=pod.key))
+                                      name=f"{kind}:{port.name or port.port}", pod=owner))
