@@ -152,6 +152,29 @@ def check(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, seed
         raise typer.Exit(1)
 
 
+@app.command()
+@handle_errors
+def compare(
+    scenario: ScenarioArg,
+    source: Annotated[str, typer.Option("--from", help="Source reference.")],
+    target: Annotated[str, typer.Option("--to", help="Target reference.")],
+    modes: Annotated[str, typer.Option("--modes", help="Comma-separated kube-proxy modes.")] = "userspace,iptables,ipvs,nftables",
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The same connection under each kube-proxy mode, one row per mode."""
+    from k8snet_sim.analysis.compare import compare_modes
+    from k8snet_sim.report.terminal import print_comparison
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    result = compare_modes(scenario, source, target, modes=wanted, overrides=set_ or (), seed=seed)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_comparison(result, console)
+
+
 def _register_plugins() -> None:
     from k8snet_sim import cli_emulate, cli_reach
 

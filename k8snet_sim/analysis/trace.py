@@ -59,6 +59,7 @@ class TraceResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     rules_walked: int = 0
+    map_lookups: int = 0
     service: dict[str, Any] | None = None  # the Service port the target names: port mapping
     http_status: int | None = None
 
@@ -83,6 +84,7 @@ class TraceResult:
             "service": self.service,
             "httpStatus": self.http_status,
             "rulesWalked": self.rules_walked,
+            "mapLookups": self.map_lookups,
             "connections": self.connections,
             "hops": [h.to_dict() for h in self.hops],
             "replyHops": [h.to_dict() for h in self.reply_hops],
@@ -277,6 +279,7 @@ def _assemble(sim: Simulation, source: str, source_ns: str, dest: Target, outcom
         started_at=first.t if first else 0.0,
         finished_at=outcome.finished_at or 0.0,
         rules_walked=sum(h.rules_walked for h in hops),
+        map_lookups=sum(h.map_lookups for h in hops),
         service=_service_info(dest),
         http_status=int(status) if status is not None else None,
     )

@@ -16,6 +16,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from k8snet_sim.analysis.check import CheckResult
+    from k8snet_sim.analysis.compare import ModeComparison
     from k8snet_sim.analysis.trace import TraceResult
     from k8snet_sim.sim.recorder import Hop
 
@@ -117,3 +118,23 @@ def print_check(result: CheckResult, console: Console | None = None) -> None:
             console.print(Text(f"       trace: {r.trace.summary()}", style="dim"))
     style = "bold green" if result.passed else "bold red"
     console.print(Text(result.summary(), style=style))
+
+
+def print_comparison(result: ModeComparison, console: Console | None = None) -> None:
+    """One row per kube-proxy mode, then the reasons for failures."""
+    console = console or Console()
+    table = Table(title=f"{result.scenario}: {result.source} → {result.target}", title_justify="left")
+    for col in ("mode", "reachable", "endpoints (probability)", "source seen by backend",
+                "first packet: rules / lookups", "hops", "connections"):
+        table.add_column(col)
+    style = {"all": "bold green", "partial": "bold yellow", "none": "bold red", "error": "red"}
+    for r in result.rows:
+        table.add_row(r.mode, Text(r.reachable, style=style.get(r.reachable, "")),
+                      "\n".join(r.endpoints) or "—", ", ".join(r.source_seen) or "—",
+                      f"{r.rules_walked} / {r.map_lookups}", str(r.hops), str(r.connections))
+    console.print(table)
+    for r in result.rows:
+        for failure in r.failures:
+            console.print(Text(f"  {r.mode}: {failure}", style="yellow"))
+        if r.reachable == "error":
+            console.print(Text(f"  {r.mode}: {r.reason}", style="red"))

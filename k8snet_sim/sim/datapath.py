@@ -77,6 +77,7 @@ class Visit:
         hop.packet = str(pkt)
         if skb is not None:
             hop.rules_walked = skb.ctx.rules_walked
+            hop.map_lookups = skb.ctx.map_lookups
             if skb.ctx.events:
                 hop.rules.extend(e.describe() for e in skb.ctx.events)
             if skb.rewrites:

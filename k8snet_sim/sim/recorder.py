@@ -36,6 +36,7 @@ class Hop:
     rewrites: list[str] = field(default_factory=list)
     cost_s: float = 0.0
     rules_walked: int = 0
+    map_lookups: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -43,6 +44,7 @@ class Hop:
         d["connId"] = d.pop("conn_id")
         d["costS"] = d.pop("cost_s")
         d["rulesWalked"] = d.pop("rules_walked")
+        d["mapLookups"] = d.pop("map_lookups")
         return d
 
 

@@ -110,6 +110,10 @@ class Simulation:
     def run(self, until: float | simpy.Event | None = None) -> None:
         self.env.run(until=until)
 
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of simulated time pass (timeouts expire, affinity lapses)."""
+        self.env.run(until=self.env.now + seconds)
+
     def charge(self, ns: Namespace, cost: float) -> float:
         """Queue ``cost`` CPU seconds on the namespace's CPU owner (FIFO over its cores).
         Returns the delay until the work is done."""
