@@ -30,7 +30,7 @@ from k8snet_sim.sim.choice import ScriptedChooser, explore
 from k8snet_sim.sim.clients import Outcome, RequestClient, connect
 from k8snet_sim.sim.recorder import Hop, Recorder
 from k8snet_sim.sim.simulation import Simulation
-from k8snet_sim.sim.sockets import Message, conn_ids
+from k8snet_sim.sim.sockets import Message
 
 DISPOSITIONS = ("DELIVERED", "DROPPED", "REJECTED", "NO_ROUTE", "NO_LISTENER", "REPLY_LOST",
                 "TTL_EXCEEDED")
@@ -112,7 +112,7 @@ def _request(target: Target, response_bytes: int = 1000) -> Message:
 def _run_once(sim: Simulation, source_ns: str, target: Target) -> tuple[Outcome, Recorder, int]:
     recorder = Recorder()
     sim.recorder = recorder
-    cid = next(conn_ids)
+    cid = sim.next_conn_id()
     client = RequestClient(sim, _request(target))
     start = sim.env.now
     connect(sim, source_ns, target.ip, target.port, target.proto, client, conn_id=cid)

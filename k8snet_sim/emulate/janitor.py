@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,7 @@ class Janitor:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.log: list[str] = []
         self._previous: dict[int, Any] = {}
+        self._stderr: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- ownership
@@ -133,11 +135,22 @@ class Janitor:
 
         ``ip netns exec`` execs the program, so the PID we hold is the program's own."""
         full = ["ip", "netns", "exec", self._require(ns), *argv]
+        # stderr to a file, not a pipe nobody reads: a chatty server must never block on it.
+        errors = tempfile.TemporaryFile()
         proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True,
+                                stderr=errors, start_new_session=True,
                                 preexec_fn=None if self.keep else _die_with_parent)
         self.processes.append(proc)
+        self._stderr[proc.pid] = errors
         return proc
+
+    def stderr_of(self, proc: subprocess.Popen[bytes]) -> str:
+        """What a started process wrote to stderr so far (last 2000 characters)."""
+        errors = self._stderr.get(proc.pid)
+        if errors is None:
+            return ""
+        errors.seek(0)
+        return errors.read().decode(errors="replace").strip()[-2000:]
 
     # ---------------------------------------------------------------- cleanup
 
@@ -161,9 +174,11 @@ class Janitor:
                     proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2.0)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            errors = self._stderr.pop(proc.pid, None)
+            if errors is not None:
+                errors.close()
             removed.append(f"pid {proc.pid}")
         present = set(list_namespaces())
         for name in reversed(names):

@@ -21,7 +21,6 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import count
 
 from k8snet_sim.net.packet import ICMP, SCTP, TCP, UDP, FiveTuple
 
@@ -44,9 +43,6 @@ UDP_TIMEOUT_UNREPLIED = 30.0
 UDP_TIMEOUT_STREAM = 120.0
 GENERIC_TIMEOUT = 600.0
 ICMP_TIMEOUT = 30.0
-
-_ids = count(1)
-
 
 @dataclass(slots=True)
 class ConntrackEntry:
@@ -71,7 +67,7 @@ class ConntrackEntry:
 
     @classmethod
     def new(cls, tup: FiveTuple, now: float) -> ConntrackEntry:
-        ct = cls(orig=tup, reply=tup.reply(), expires=now, id=next(_ids))
+        ct = cls(orig=tup, reply=tup.reply(), expires=now)
         ct.state = "SYN_SENT" if tup.proto in (TCP, SCTP) else "UNREPLIED"
         ct.expires = now + timeout_for(ct)
         return ct
@@ -155,6 +151,7 @@ class ConntrackTable:
         self.max_entries = max_entries
         self._by_tuple: dict[FiveTuple, ConntrackEntry] = {}
         self._count = 0
+        self._next_id = 0
         self.drops = 0
 
     def __len__(self) -> int:
@@ -187,6 +184,8 @@ class ConntrackTable:
             self.drops += 1
             return False
         ct.confirmed = True
+        self._next_id += 1
+        ct.id = self._next_id
         self._by_tuple[ct.orig] = ct
         self._by_tuple[ct.reply] = ct
         self._count += 1
@@ -213,6 +212,7 @@ class ConntrackTable:
     def copy(self) -> ConntrackTable:
         dup = ConntrackTable(self.max_entries)
         dup.drops = self.drops
+        dup._next_id = self._next_id
         for ct in self.entries():
             c2 = ct.copy()
             dup._by_tuple[c2.orig] = c2

@@ -16,7 +16,7 @@ import simpy
 
 from k8snet_sim.net.addr import ip_str
 from k8snet_sim.net.packet import SCTP, TCP, UDP
-from k8snet_sim.sim.sockets import Endpoint, Message, close, conn_ids, send_message
+from k8snet_sim.sim.sockets import Endpoint, Message, close, send_message
 
 if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
@@ -98,7 +98,7 @@ def connect(sim: Simulation, ns_name: str, dst: int, dport: int, proto: int, app
     sends the request at once). Returns the endpoint, or None when there is no route (the app
     is told through ``on_closed``)."""
     ns = sim.ns(ns_name)
-    cid = conn_id if conn_id is not None else next(conn_ids)
+    cid = conn_id if conn_id is not None else sim.next_conn_id()
     if sim.recorder is not None and (parent is None or parent in sim.recorder.conn_ids):
         sim.recorder.watch(cid, parent=parent)
     if src is None:

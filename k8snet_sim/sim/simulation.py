@@ -52,6 +52,7 @@ class Simulation:
         self.recorder: Recorder | None = None
         self._states: dict[str, NsState] = {}
         self.link_drops: dict[str, int] = {}
+        self._conn_seq = 0
         self.link_bytes: dict[str, int] = {}
 
     # ------------------------------------------------------------------ state
@@ -93,12 +94,18 @@ class Simulation:
         child = Simulation(self.world, seed=self.seed if seed is None else seed, chooser=chooser,
                            costs=self.costs, start=self.env.now)
         child.rng.setstate(self.rng.getstate())
+        child._conn_seq = self._conn_seq
         # Namespaces this run has touched are copied now; untouched ones start fresh in the
         # child exactly as they would here.
         child._states = {name: self._copy_state(st) for name, st in self._states.items()}
         if chooser is None:
             child.chooser = SeededChooser(child.rng)
         return child
+
+    def next_conn_id(self) -> int:
+        """Identity of a new simulated connection (trace metadata; deterministic per run)."""
+        self._conn_seq += 1
+        return self._conn_seq
 
     # ------------------------------------------------------------------ time
 

@@ -15,7 +15,6 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import count
 from typing import TYPE_CHECKING, Any, Protocol
 
 from k8snet_sim.net.addr import ip_str
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
 
 EPHEMERAL_LO, EPHEMERAL_HI = 32768, 60999  # net.ipv4.ip_local_port_range
-
-conn_ids = count(1)
-
 
 @dataclass
 class Message:
