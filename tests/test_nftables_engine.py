@@ -497,6 +497,16 @@ def test_numgen_value_missing_from_the_map_ends_the_rule() -> None:
     assert rs.run_chain("c", pkt(), ctx_for(chooser=ScriptedChooser([2]))).accepted  # type: ignore[union-attr]
 
 
+def test_lazy_parsing_defers_rule_errors_to_the_first_walk() -> None:
+    text = table_text("accept", extra='\tchain bad {\n\t\tlog prefix "x"\n\t}\n')
+    with pytest.raises(RulesError, match="`log`"):
+        parse_nft(text)
+    rs = parse_nft(text, lazy=True)
+    assert rs.run_chain("c", pkt(), ctx_for()) is not None
+    with pytest.raises(RulesError, match="`log`"):
+        rs.run_chain("bad", pkt(), ctx_for())
+
+
 def test_dnat_outside_a_nat_chain_evaluation_is_an_error() -> None:
     rs = parse_nft(table_text("accept", extra="\tchain d {\n\t\tdnat to 10.0.0.1\n\t}\n"))
     with pytest.raises(RulesError, match="outside a nat chain"):
@@ -647,10 +657,11 @@ VARIANTS: dict[str, tuple[dict[str, object], dict[str, bool], dict[str, str]]] =
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_internal_external_masquerade_matrix(variant: str) -> None:
+def test_internal_external_masquerade_matrix(variant: str, lazy: bool) -> None:
     proxy, masq_changes, output_changes = VARIANTS[variant]
-    rs = parse_nft(sync(iem_state(**proxy), NODE))
+    rs = parse_nft(sync(iem_state(**proxy), NODE), lazy=lazy)
     got, want = {}, {}
     for case, src, dst, port, output, masq in IEM_BASE:
         got[case] = flow(rs, src, dst, port)

@@ -30,7 +30,7 @@ from k8snet_sim.analysis.targets import Target, resolve_source, resolve_target
 from k8snet_sim.cluster.model import ClusterState
 from k8snet_sim.emulate import datapath as dp
 from k8snet_sim.emulate.janitor import EmulationError, Janitor, require_root
-from k8snet_sim.emulate.plan import EmulationPlan, plan_world
+from k8snet_sim.emulate.plan import EmulationPlan, Step, plan_world
 from k8snet_sim.emulate.probes import AttemptPlan, KernelResult, Probe, attempt_plan
 from k8snet_sim.errors import K8sNetSimError
 from k8snet_sim.net.addr import ip_str
@@ -38,6 +38,7 @@ from k8snet_sim.net.packet import TCP, UDP
 
 HERE = Path(__file__).resolve().parent
 READY_TIMEOUT_S = 15.0
+FORWARDING_TIMEOUT_S = 10.0
 SERVER_LIFETIME_S = 900.0
 KEPT_LIFETIME_S = 4 * 3600.0
 
@@ -174,6 +175,7 @@ def _build(emu: Emulation) -> None:
             if not br_nf:
                 continue
         janitor.run(step)
+    _wait_forwarding(emu)
     emu.br_netfilter = bool(br_nf) if br_nf is not None else bool(
         node_names and dp.has_br_netfilter(janitor, node_names[0]))
     if not emu.br_netfilter:
@@ -182,6 +184,27 @@ def _build(emu: Emulation) -> None:
     datapaths = dp.node_datapaths(emu.world, emu.state, emu.mode)
     dp.load(janitor, plan, datapaths)
     _start_processes(emu, datapaths)
+
+
+def _wait_forwarding(emu: Emulation) -> None:
+    """Wait until every bridge port forwards. A port joins its bridge "disabled" and is
+    enabled only when the kernel's link watcher sees the carrier — up to a second later —
+    and frames sent before then (a first ARP request) are lost."""
+    deadline = time.monotonic() + FORWARDING_TIMEOUT_S
+    pending = [n.name for n in emu.plan.namespaces if n.bridges]
+    while pending:
+        ns = pending[0]
+        done = emu.janitor.run(Step(ns, ("bridge", "-n", ns, "-j", "link", "show"),
+                                    why="bridge port states"))
+        ports = json.loads(done.stdout or "[]")
+        if all(p.get("state") == "forwarding" for p in ports):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            stuck = [p.get("ifname") for p in ports if p.get("state") != "forwarding"]
+            raise EmulationError(f"bridge ports {stuck} in {ns} do not forward after "
+                                 f"{FORWARDING_TIMEOUT_S}s")
+        time.sleep(0.05)
 
 
 def _start_processes(emu: Emulation, datapaths: list[dp.NodeDatapath]) -> None:

@@ -207,6 +207,8 @@ def parse_priority(text: str, hook: str) -> int:
 
 def _split_top(text: str, sep: str) -> list[str]:
     """Split at ``sep`` outside quotes and braces."""
+    if '"' not in text and "{" not in text:
+        return text.split(sep)
     parts, depth, quoted, start, i = [], 0, False, 0, 0
     while i < len(text):
         ch = text[i]
@@ -310,10 +312,12 @@ class _TextParser:
             elif m := _COMMENT_RE.fullmatch(line):
                 s.comment = m[1]
             elif line.startswith("elements = {"):
-                text = line[len("elements = ") :]
-                while text.count("{") - text.count("}") > 0:  # braces in quotes: not ours
-                    text += " " + self.next(f"elements of {s.name}")[1]
-                body = text.strip()[1:-1]
+                parts = [line[len("elements = ") :]]
+                depth = parts[0].count("{") - parts[0].count("}")  # braces in quotes: not ours
+                while depth > 0:
+                    parts.append(self.next(f"elements of {s.name}")[1])
+                    depth += parts[-1].count("{") - parts[-1].count("}")
+                body = " ".join(parts).strip()[1:-1]
                 for item in _split_top(body, ","):
                     if item.strip():
                         s.elements.append(_parse_element(item))
@@ -349,13 +353,14 @@ class _TextParser:
 class NftRuleset:
     """Parsed ``nft list ruleset`` tables, compiled for evaluation.
 
-    Build one with :func:`parse_nft`, or from :class:`NftTable` objects directly.
+    Build one with :func:`parse_nft`, or from :class:`NftTable` objects directly; ``lazy``
+    as for :func:`parse_nft`.
     """
 
-    def __init__(self, tables: list[NftTable], *, file: str = "<nft>") -> None:
+    def __init__(self, tables: list[NftTable], *, file: str = "<nft>", lazy: bool = False) -> None:
         self.tables = tables
         self.file = file
-        self._programs = {t.name: Program(t, file) for t in tables}
+        self._programs = {t.name: Program(t, file, lazy=lazy) for t in tables}
 
     def table(self, name: str | None = None) -> NftTable:
         """A table by name (the only one when ``name`` is None)."""
@@ -398,13 +403,15 @@ class NftRuleset:
         return ACCEPTED
 
 
-def parse_nft(text: str, *, file: str = "<nft>") -> NftRuleset:
+def parse_nft(text: str, *, file: str = "<nft>", lazy: bool = False) -> NftRuleset:
     """Parse ``nft list ruleset`` text (the subset kube-proxy writes) into a ruleset.
 
     Raises :class:`~k8snet_sim.errors.RulesError` naming the line and the construct for
-    anything outside the modelled subset.
+    anything outside the modelled subset. ``lazy=True`` compiles each chain's rules on first
+    use (for large generated rulesets, where a trace touches a handful of chains); rule
+    errors then surface when the chain is first evaluated.
     """
-    return NftRuleset(_TextParser(text, file).parse(), file=file)
+    return NftRuleset(_TextParser(text, file).parse(), file=file, lazy=lazy)
 
 
 def install_nftables(stack: NetfilterStack, ruleset: NftRuleset) -> None:

@@ -16,7 +16,8 @@ Example
 -------
 >>> from k8snet_sim.netfilter.nftables import NftChain, NftTable
 >>> table = NftTable("t", chains={"c": NftChain("c", rules=["meta mark & 0x4000 == 0 return"])})
->>> Program(table, "<doc>").chains["c"].rules[0].steps[-1][0](None, None).kind
+>>> program = Program(table, "<doc>")
+>>> program.compiled(program.chains["c"])[0].steps[-1][0](None, None).kind
 'return'
 """
 
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from k8snet_sim.errors import RulesError
@@ -133,7 +135,7 @@ class _CRule:
 class CompiledChain:
     name: str
     source: NftChain
-    rules: list[_CRule] = field(default_factory=list)
+    rules: list[_CRule] | None = None  # None until compiled (lazy programs)
 
 
 class _CSet:
@@ -189,10 +191,13 @@ class _CSet:
         return False
 
 
+_cidr = lru_cache(maxsize=4096)(Cidr.parse)
+
+
 def _literal(text: str, dtype: int, *, allow_cidr: bool = True) -> Any:
     """A typed constant; ADDR may be a :class:`Cidr`."""
     if dtype == ADDR:
-        return Cidr.parse(text) if "/" in text and allow_cidr else ip(text)
+        return _cidr(text) if "/" in text and allow_cidr else ip(text)
     if dtype == PROTO:
         return PROTO_NUMBERS[text] if text in PROTO_NUMBERS else int(text)
     if dtype in (PORT, INT):
@@ -608,15 +613,27 @@ class _RuleCompiler:
 class Program:
     """One table compiled: chains with compiled rules, sets and maps with typed keys."""
 
-    def __init__(self, table: NftTable, file: str) -> None:
+    def __init__(self, table: NftTable, file: str, *, lazy: bool = False) -> None:
+        """Compile ``table``. ``lazy`` compiles each chain on first use instead (large
+        generated rulesets: a trace touches a handful of chains); errors in a chain then
+        surface when it is first walked, and the load-time checks are skipped."""
         self.table, self.file = table.name, file
         self.chains = {name: CompiledChain(name, chain) for name, chain in table.chains.items()}
         self.sets = {name: _CSet(table.name, s, self, file) for name, s in table.sets.items()}
-        for cc in self.chains.values():
+        if not lazy:
+            for cc in self.chains.values():
+                self.compiled(cc)
+            self._check()
+
+    def compiled(self, cc: CompiledChain) -> list[_CRule]:
+        """The chain's compiled rules, compiling them now if needed."""
+        if cc.rules is None:
             lines = cc.source.rule_lines or [0] * len(cc.source.rules)
-            for text, line in zip(cc.source.rules, lines, strict=True):
-                cc.rules.append(_RuleCompiler(self, cc.name, text, line).compile())
-        self._check()
+            cc.rules = [
+                _RuleCompiler(self, cc.name, text, line).compile()
+                for text, line in zip(cc.source.rules, lines, strict=True)
+            ]
+        return cc.rules
 
     def verdict(self, words: list[str], comment: str) -> _Verdict:
         if len(words) == 1 and words[0] in ("accept", "drop", "return", "continue"):
@@ -640,7 +657,8 @@ class Program:
 
     def _check(self) -> None:
         """Refuse what ``nft -f`` refuses: chain loops, NAT outside its nat hook."""
-        edges = {name: {t for r in cc.rules for t in r.targets} for name, cc in self.chains.items()}
+        rules = {name: self.compiled(cc) for name, cc in self.chains.items()}
+        edges = {name: {t for r in chain for t in r.targets} for name, chain in rules.items()}
         state: dict[str, int] = {}  # 1: on the current path, 2: done
 
         def visit(name: str, path: list[str]) -> None:
@@ -665,7 +683,7 @@ class Program:
                     continue
                 seen.add(name)
                 todo += edges[name]
-                for rule in self.chains[name].rules:
+                for rule in rules[name]:
                     if rule.nat and (base.source.type != "nat" or NAT_MANIP.get(hook) != rule.nat):
                         raise RulesError(
                             f"`{rule.text}` (chain {name}) is reachable from base chain "
@@ -681,7 +699,7 @@ class Program:
         chain, pos = start, 0
         note = ""  # comment of the last map element that decided something, for reasons
         while True:
-            rules = chain.rules
+            rules = chain.rules if chain.rules is not None else self.compiled(chain)
             if pos >= len(rules):
                 if not stack:
                     return None

@@ -138,6 +138,7 @@ class _Builder:
 
     def __init__(self) -> None:
         self.table = NftTable(TABLE, comment="rules for kube-proxy")
+        self._seen: set[tuple[str, NftElement]] = set()
 
     def chain(self, name: str, **base: object) -> NftChain:
         if name not in self.table.chains:
@@ -148,10 +149,10 @@ class _Builder:
         self.chain(chain).rules.append(text)
 
     def element(self, name: str, key: str, value: str = "", comment: str = "") -> None:
-        elements = self.table.sets[name].elements
         element = NftElement(key, value, comment)
-        if element not in elements:  # several ports of one Service share a ClusterIP
-            elements.append(element)
+        if (name, element) not in self._seen:  # several ports of one Service share a ClusterIP
+            self._seen.add((name, element))
+            self.table.sets[name].elements.append(element)
 
 
 def sync(state: ClusterState, node: str) -> str:

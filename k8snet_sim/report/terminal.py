@@ -17,6 +17,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from k8snet_sim.analysis.check import CheckResult
     from k8snet_sim.analysis.compare import ModeComparison
+    from k8snet_sim.analysis.iptables_trace import IptablesTraceResult
     from k8snet_sim.analysis.trace import TraceResult
     from k8snet_sim.sim.recorder import Hop
 
@@ -138,3 +139,22 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
             console.print(Text(f"  {r.mode}: {failure}", style="yellow"))
         if r.reachable == "error":
             console.print(Text(f"  {r.mode}: {r.reason}", style="red"))
+
+
+def print_iptables_trace(result: IptablesTraceResult, console: Console | None = None, *,
+                         verbose: bool = False) -> None:
+    console = console or Console()
+    console.print(Text(result.summary(), style="bold"))
+    console.print(f"output: {', '.join(result.output) or '(nothing matched)'}")
+    console.print(f"masquerade: {str(result.masquerade).lower()}")
+    if result.added_jumps:
+        console.print(Text(f"(added {len(result.added_jumps)} jump rules kube-proxy installs in the "
+                           "builtin chains: the dump had none)", style="dim"))
+    for i, b in enumerate(result.branches, 1):
+        outcome = b.verdict or (f"DNAT → {b.destination}" if b.destination else "accepted, not translated")
+        line = Text(f"  branch {i} (p={b.probability:.4f}): {outcome}"
+                    + (", masqueraded" if b.masquerade else "") + f"  [{' → '.join(b.path)}]")
+        console.print(line)
+        if verbose:
+            for event in b.events:
+                console.print(Text(f"      · {event}", style="magenta"))
