@@ -331,6 +331,14 @@ def table_text(*rules: str, base: str = "type filter hook input priority filter;
         (table_text("ct state bogus accept"), 4, "`bogus` is not a valid value here"),
         (table_text("numgen inc mod 2 vmap { 0 : accept }"), 4, "`numgen inc`"),
         (table_text("ip daddr"), 4, "ends where a value was expected"),
+        (table_text("redirect to :http"), 4, "`:http` is not a port"),
+        (
+            table_text(
+                "update @s { ip saddr timeout 5x }", extra="\tset s {\n\t\ttype ipv4_addr\n\t}\n"
+            ),
+            7,
+            "`5x` is not a duration",
+        ),
         (table_text("goto c", base="type filter hook input priority 0;"), 4, "base chain"),
         (table_text("tcp dport 80 dnat to 10.0.0.1:80"), 4, "NAT statement is not allowed"),
         (table_text("jump other", extra="\tchain loop {\n\t\tjump loop\n\t}\n"), 0, "chain loop"),

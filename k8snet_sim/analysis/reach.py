@@ -508,10 +508,10 @@ def _target_addresses(world: Any, target: Target) -> set[int]:
     return out
 
 
-def computation_key(world: Any, classes: AddressClasses, source: Source, target: Target,
+def computation_key(world: Any, classes: AddressClasses, source: Source,
                     addresses: set[int]) -> tuple[Any, ...]:
-    """Sources with equal keys get the same answer for ``target`` (up to their own address
-    and name). ``addresses``: :func:`_target_addresses` of ``target``."""
+    """Sources with equal keys get the same answer for a target (up to their own address and
+    name); ``addresses`` are the target's :func:`_target_addresses`."""
     ns = world.namespaces[source.ns]
     own = ns.primary_address()
     if ns.kind != "pod" or own is None or own in addresses:
@@ -524,7 +524,7 @@ def computation_key(world: Any, classes: AddressClasses, source: Source, target:
 
 def _compute_one(pristine: Simulation, rep: Source, column: TargetColumn,
                  samples: bool) -> tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]:
-    rows = tuple(possible_endpoints(pristine, rep.ns, column.target))
+    rows = tuple(possible_endpoints(pristine, rep.ns, column.target, settle=0.0))
     sample = None
     if samples:
         # The seeded connection, exactly as `k8snet-sim trace` shows it for this seed.
@@ -608,12 +608,17 @@ def reach(sim: Simulation, sources: Sequence[str] | None = None,
     classes = AddressClasses(world)
     comps: list[_Computation] = []
     table: list[list[int]] = []
+    # What a pod's key would be for a target it is not part of, and its own address.
+    own = [world.namespaces[s.ns].primary_address() for s in members]
+    plain = [computation_key(world, classes, s, set()) for s in members]
     for t, column in enumerate(columns):
         index: dict[Any, int] = {}
         row = []
         addresses = _target_addresses(world, column.target)
         for m, src in enumerate(members):
-            key = computation_key(world, classes, src, column.target, addresses) if share else m
+            key: Any = m
+            if share:
+                key = plain[m] if own[m] not in addresses else ("namespace", src.ns)
             if key not in index:
                 index[key] = len(comps)
                 comps.append(_Computation(src, t))
@@ -680,3 +685,111 @@ def _normal(result: ReachResult, t: int, m: int) -> Any:
                  for r in comp.rows)
 
 
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+@dataclass(frozen=True)
+class CellChange:
+    """One source → target whose answer differs between two matrices."""
+
+    source: str
+    target: str
+    kind: str  # "verdict" | "source" (same verdict, the backend sees another address)
+    before: str
+    after: str
+    why: str = ""
+
+    def text(self, before: str, after: str) -> str:
+        head = f"{self.source} → {self.target}: "
+        if self.kind == "source":
+            line = (f"{self.before} under {before}, {self.after} under {after}")
+        else:
+            line = f"{self.before} under {before}, {self.after} under {after}"
+        return head + line + (f" — {self.why}" if self.why else "")
+
+
+@dataclass
+class ReachDiff:
+    """What changed from one matrix (``before``) to another (``after``)."""
+
+    before: str
+    after: str
+    changes: list[CellChange]
+    compared: int
+    only_before: list[str] = field(default_factory=list)
+    only_after: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes or self.only_before or self.only_after)
+
+    def lines(self) -> list[str]:
+        out = [c.text(self.before, self.after) for c in self.changes]
+        out += [f"only under {self.before}: {r}" for r in self.only_before]
+        out += [f"only under {self.after}: {r}" for r in self.only_after]
+        return out
+
+    def summary(self) -> str:
+        if not self:
+            return f"{self.before} vs {self.after}: no differences in {self.compared} cells"
+        return (f"{self.before} vs {self.after}: {len(self.changes)} of {self.compared} cells "
+                f"changed" + (f", {len(self.only_before) + len(self.only_after)} sources or "
+                              "targets on one side only" if self.only_before or self.only_after
+                              else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, "compared": self.compared,
+                "summary": self.summary(), "onlyBefore": self.only_before,
+                "onlyAfter": self.only_after,
+                "changes": [{"from": c.source, "to": c.target, "kind": c.kind,
+                             "before": c.before, "after": c.after, "why": c.why,
+                             "text": c.text(self.before, self.after)} for c in self.changes]}
+
+
+def _change(a: Cell, b: Cell, labels: tuple[str, str]) -> tuple[str, str, str, str] | None:
+    if a.verdict() != b.verdict():
+        side, cell = (labels[1], b) if b.failures else (labels[0], a)
+        disposition, reason = cell.failures[0]
+        return "verdict", a.verdict(), b.verdict(), f"{side}: {disposition}: {reason}"
+    if a.source_seen != b.source_seen:
+        def seen(c: Cell) -> str:
+            return f"{c.verdict()}, backend sees {' or '.join(c.source_seen) or 'nothing'}"
+
+        return "source", seen(a), seen(b), ""
+    return None
+
+
+def compare_reach(before: ReachResult, after: ReachResult, *,
+                  labels: tuple[str, str] | None = None) -> ReachDiff:
+    """Every cell whose verdict (or the source address its backends see) differs, for the
+    sources and targets both matrices have. Pods are compared one by one and reported by
+    their row in ``before`` when the whole row changed the same way."""
+    if labels is None:
+        same_mode = before.mode == after.mode
+        labels = ((before.scenario, after.scenario) if same_mode else (before.mode, after.mode))
+    a_members = {m.ref for m in before.members}
+    b_members = {m.ref for m in after.members}
+    a_targets = {t.ref for t in before.targets}
+    b_targets = {t.ref for t in after.targets}
+    targets = [t.ref for t in before.targets if t.ref in b_targets]
+    changes: list[CellChange] = []
+    compared = 0
+    for row in before.rows:
+        members = [m.ref for m in row.members if m.ref in b_members]
+        for target in targets:
+            found = []
+            for ref in members:
+                compared += 1
+                got = _change(before.member_cell(ref, target), after.member_cell(ref, target),
+                              labels)
+                if got is not None:
+                    found.append((ref, got))
+            whole = len(found) == len(row.members) > 1 and len({g[:3] for _, g in found}) == 1
+            if whole:
+                changes.append(CellChange(row.label, target, *found[0][1]))
+            else:
+                changes.extend(CellChange(ref, target, *g) for ref, g in found)
+    only_a = sorted(a_members - b_members) + sorted(a_targets - b_targets)
+    only_b = sorted(b_members - a_members) + sorted(b_targets - a_targets)
+    return ReachDiff(labels[0], labels[1], changes, compared, only_a, only_b)

@@ -109,7 +109,8 @@ def _request(target: Target, response_bytes: int = 1000) -> Message:
     return Message("request", 300, data)
 
 
-def _run_once(sim: Simulation, source_ns: str, target: Target) -> tuple[Outcome, Recorder, int]:
+def _run_once(sim: Simulation, source_ns: str, target: Target, *,
+              settle: float = 0.05) -> tuple[Outcome, Recorder, int]:
     recorder = Recorder()
     sim.recorder = recorder
     cid = sim.next_conn_id()
@@ -118,7 +119,7 @@ def _run_once(sim: Simulation, source_ns: str, target: Target) -> tuple[Outcome,
     connect(sim, source_ns, target.ip, target.port, target.proto, client, conn_id=cid)
     sim.run(until=client.done)
     # Let the packets still in flight (ACKs, FINs, stray replies) land; stop before idle timers.
-    horizon = sim.env.now + 0.05
+    horizon = sim.env.now + settle
     while sim.env.peek() <= horizon:
         sim.env.step()
     sim.recorder = None
@@ -145,13 +146,19 @@ def trace(sim: Simulation, source: str, target: str, *, explore_all: bool = True
     return result
 
 
-def possible_endpoints(sim: Simulation, source_ns: str, dest: Target) -> list[dict[str, Any]]:
+def possible_endpoints(sim: Simulation, source_ns: str, dest: Target, *,
+                       settle: float = 0.05) -> list[dict[str, Any]]:
     """Every endpoint a new connection can reach from the current state, with its probability
-    and its own verdict; each branch runs on its own fork of ``sim``."""
+    and its own verdict; each branch runs on its own fork of ``sim``.
+
+    ``settle``: simulated seconds each branch keeps running after the client's outcome is
+    known, so the closing packets appear in its hops. The rows do not depend on it (the
+    verdict, endpoint and reason are settled by then); ``reach()`` passes 0 to save the work.
+    """
 
     def run(chooser: ScriptedChooser) -> TraceResult:
         fork = sim.fork(chooser=chooser)
-        outcome, recorder, cid = _run_once(fork, source_ns, dest)
+        outcome, recorder, cid = _run_once(fork, source_ns, dest, settle=settle)
         return _assemble(fork, "", source_ns, dest, outcome, recorder, cid)
 
     merged: dict[str, dict[str, Any]] = {}

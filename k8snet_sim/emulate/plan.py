@@ -39,7 +39,7 @@ Example
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from k8snet_sim.net.addr import Cidr, ip_str
 from k8snet_sim.net.routing import Route
@@ -79,6 +79,7 @@ class Veth:
     master: str | None = None
     hairpin: bool = False
     mtu: int = 1500
+    a_mac: str | None = None  # fixed, so other hosts can hold static neighbour entries for it
 
     def describe(self) -> str:
         return f"{self.a_ns}:{self.a_name} <-> {self.b_ns}:{self.b_name}"
@@ -112,6 +113,7 @@ class NetnsPlan:
     routes: tuple[str, ...] = ()  # `ip route add` arguments
     sysctls: tuple[tuple[str, str], ...] = ()
     bridge_nf: bool = False  # needs net.bridge.bridge-nf-call-iptables=1
+    neighbours: tuple[str, ...] = ()  # `ip neigh replace` arguments (announced addresses)
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,28 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def _mac(index: int) -> str:
-    """A locally administered unicast MAC, deterministic per VTEP."""
-    return "02:6b:38:6e:{:02x}:{:02x}".format((index >> 8) & 255, index & 255)
+def _mac(index: int, kind: int = 0x6E) -> str:
+    """A locally administered unicast MAC, deterministic per VTEP (kind 0x6e) or per
+    interface on a LAN (kind 0x65)."""
+    return "02:6b:38:{:02x}:{:02x}:{:02x}".format(kind, (index >> 8) & 255, index & 255)
+
+
+def _announcements(world: World, names: dict[str, str],
+                   macs: dict[tuple[str, str], str]) -> dict[str, list[str]]:
+    """Addresses a host answers ARP for without holding them (MetalLB's L2 speaker): every
+    other member of the LAN gets the static neighbour entry such an answer would create."""
+    out: dict[str, list[str]] = {}
+    for seg in world.segments.values():
+        claims: dict[int, tuple[str, str]] = getattr(seg, "_claims", {})
+        for address, (host, iface) in sorted(claims.items()):
+            mac = macs.get((host, iface))
+            if mac is None:
+                continue
+            for member, member_iface in seg.members:
+                if (member, member_iface) != (host, iface) and member in names:
+                    out.setdefault(names[member], []).append(
+                        f"{ip_str(address)} lladdr {mac} dev {member_iface} nud permanent")
+    return out
 
 
 def _route_args(route: Route) -> str | None:
@@ -204,9 +225,6 @@ def plan_world(world: World, run_id: str) -> EmulationPlan:
     for seg in world.segments.values():
         if seg.kind == "lan":
             seg_ns[seg.name] = names.name("seg", f"segment/{seg.name}")
-        if seg.kind == "lan" and seg._claims:
-            unsupported.append(f"segment {seg.name}: ARP answers for addresses no interface "
-                               "holds (LoadBalancer announcements) are not emulated")
     for key, ns in world.namespaces.items():
         if ns.kind in ("node", "pod", "router", "host"):
             names.name(ns.kind, key)
@@ -215,6 +233,7 @@ def plan_world(world: World, run_id: str) -> EmulationPlan:
     veths: list[Veth] = []
     vxlans: list[VxlanDevice] = []
     port_counter: dict[str, int] = {}
+    lan_macs: dict[tuple[str, str], str] = {}
     vtep_macs: dict[int, str] = {}
     vtep_index = 0
     for key in world.namespaces:
@@ -269,8 +288,9 @@ def plan_world(world: World, run_id: str) -> EmulationPlan:
                     peer_ns = seg_ns[seg.name]
                     n = port_counter.get(peer_ns, 0)
                     port_counter[peer_ns] = n + 1
+                    mac = lan_macs[(key, iface.name)] = _mac(len(lan_macs) + 1, 0x65)
                     veths.append(Veth(me, iface.name, peer_ns, _check_ifname(f"p{n}"),
-                                      master=SEGMENT_BRIDGE, mtu=iface.mtu))
+                                      master=SEGMENT_BRIDGE, mtu=iface.mtu, a_mac=mac))
                 elif seg.kind == "bridge" and seg.owner in names.by_key:
                     owner = names.by_key[seg.owner]
                     n = port_counter.get(owner, 0)
@@ -301,6 +321,8 @@ def plan_world(world: World, run_id: str) -> EmulationPlan:
         plans.append(NetnsPlan(key, me, ns.kind, tuple(bridges), tuple(dummies), tuple(addresses),
                                tuple(up), tuple(a for r in routes if (a := _route_args(r))),
                                tuple(sysctls), bridge_nf))
+    announced = _announcements(world, names.by_key, lan_macs)
+    plans = [replace(p, neighbours=tuple(announced.get(p.name, ()))) for p in plans]
     for seg_name, me in seg_ns.items():
         plans.append(NetnsPlan(f"segment/{seg_name}", me, "segment", (SEGMENT_BRIDGE,), (), (),
                                ("lo", SEGMENT_BRIDGE),
@@ -325,8 +347,9 @@ def build_steps(plan: EmulationPlan) -> list[Step]:
     for v in plan.veths:
         # Created from inside a_ns with the peer placed directly in b_ns: no end ever exists
         # in the root namespace.
-        devices[v.a_ns].append(f"link add {v.a_name} mtu {v.mtu} type veth peer name {v.b_name}"
-                               f" mtu {v.mtu} netns {v.b_ns}")
+        mac = f" address {v.a_mac}" if v.a_mac else ""
+        devices[v.a_ns].append(f"link add {v.a_name}{mac} mtu {v.mtu} type veth peer name "
+                               f"{v.b_name} mtu {v.mtu} netns {v.b_ns}")
     for x in plan.vxlans:
         devices[x.ns].append(f"link add {x.name} address {x.mac} mtu {x.mtu} type vxlan id "
                              f"{VXLAN_ID} dstport {VXLAN_PORT} local {x.local} dev {x.dev} nolearning")
@@ -360,6 +383,10 @@ def build_steps(plan: EmulationPlan) -> list[Step]:
         for _, mac, underlay in x.peers:
             steps.append(Step(x.ns, ("bridge", "-n", x.ns, "fdb", "append", mac, "dev", x.name,
                                      "dst", underlay), why="vxlan fdb"))
+    for n in plan.namespaces:
+        if n.neighbours:
+            steps.append(_ip_batch(n.name, [f"neigh replace {a}" for a in n.neighbours],
+                                   "announced addresses"))
     for n in plan.namespaces:
         if n.routes:
             steps.append(_ip_batch(n.name, [f"route add {r}" for r in n.routes], "routes"))

@@ -7,7 +7,8 @@ and time. Standard library only; run as a script with one JSON argument::
 
 Attempts run in batches of ``batch`` concurrent connections (so unanswered attempts cost one
 timeout per batch, not one each) until ``max`` attempts, or earlier once ``min`` attempts are
-done, every address in ``want`` has answered and — with ``wantFailure`` — one attempt failed.
+done, every address in ``want`` has answered and — with ``wantFailure`` — one attempt failed,
+or once ``giveUp`` attempts all failed.
 Each attempt is one request/response exchange like the simulator's: a TCP connection that
 sends a line and reads the pod server's JSON answer, or one UDP datagram and its answer on a
 connected socket (a reply from another address never reaches it). Prints one JSON object:
@@ -32,6 +33,7 @@ from typing import Any
 
 MAX_ATTEMPTS = 64  # hard cap whatever the caller asks
 MAX_TIMEOUT_S = 2.0
+MAX_BATCH = 16  # concurrent attempts
 REQUEST = b"k8snet-sim probe\n"
 
 
@@ -79,9 +81,10 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
     timeout = min(float(spec.get("timeout", MAX_TIMEOUT_S)), MAX_TIMEOUT_S)
     most = max(1, min(int(spec.get("max", 8)), MAX_ATTEMPTS))
     least = max(1, min(int(spec.get("min", 1)), most))
-    batch = max(1, min(int(spec.get("batch", 1)), 16))
+    batch = max(1, min(int(spec.get("batch", 1)), MAX_BATCH))
     want = set(spec.get("want", []))
     want_failure = bool(spec.get("wantFailure", False))
+    give_up = max(1, int(spec.get("giveUp", most)))
     results: list[dict[str, Any]] = []
     while len(results) < most:
         n = min(batch, most - len(results))
@@ -100,6 +103,8 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
         failed = any(not r.get("ok") for r in results)
         if len(results) >= least and want <= seen and (failed or not want_failure):
             break
+        if not seen and len(results) >= give_up:
+            break  # nothing ever answered: unreachable, no point in waiting out every timeout
     return results
 
 

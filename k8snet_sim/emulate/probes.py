@@ -12,8 +12,8 @@ Example
 -------
 >>> plan = attempt_plan([{"ip": "10.0.0.2", "port": 80, "reachable": True},
 ...                      {"ip": "10.0.0.3", "port": 80, "reachable": False}])
->>> plan.min, plan.max, plan.batch, plan.want, plan.want_failure
-(4, 16, 2, ('10.0.0.2:80',), True)
+>>> plan.min, plan.max, plan.batch, plan.want, plan.want_failure, plan.give_up
+(4, 16, 4, ('10.0.0.2:80',), True, 16)
 >>> r = KernelResult((
 ...     {"ok": True, "pod": "default/web-0", "peer": "10.0.0.9:4000", "address": "10.0.0.2:80"},
 ...     {"ok": False, "error": "TIMEOUT"}))
@@ -33,6 +33,7 @@ PER_ENDPOINT_ATTEMPTS = 8
 MIN_PER_ENDPOINT = 2
 MAX_ATTEMPTS = 64
 PROBE_TIMEOUT_S = 2.0
+MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,13 @@ class AttemptPlan:
     batch: int
     want: tuple[str, ...]  # "ip:port" of endpoints expected to answer
     want_failure: bool
+    give_up: int = MAX_ATTEMPTS  # stop after this many attempts if none answered
     timeout: float = PROBE_TIMEOUT_S
 
     def spec(self, ip: str, port: int, proto: str) -> dict[str, Any]:
         return {"ip": ip, "port": port, "proto": proto, "min": self.min, "max": self.max,
                 "batch": self.batch, "timeout": self.timeout, "want": list(self.want),
-                "wantFailure": self.want_failure}
+                "wantFailure": self.want_failure, "giveUp": self.give_up}
 
     def budget_s(self) -> float:
         """An upper bound on the probe's wall time (each attempt: connect + read timeouts)."""
@@ -70,19 +72,29 @@ class AttemptPlan:
         return batches * (2 * self.timeout + 1.0) + 10.0
 
 
-def attempt_plan(rows: list[dict[str, Any]] | None, *, endpoints: int = 1) -> AttemptPlan:
+def attempt_plan(rows: list[dict[str, Any]] | None, *,
+                 endpoints: tuple[str, ...] = ()) -> AttemptPlan:
     """Attempts for a cell whose possible outcomes are ``rows`` (the simulator's
-    ``possibleEndpoints``), or — without the simulator — ``endpoints`` candidate backends."""
+    ``possibleEndpoints``), or — without the simulator — whose candidate backends are
+    ``endpoints`` ("ip:port").
+
+    With the simulator's rows, a cell it calls (partly) reachable is tried up to 8 × n times
+    until every endpoint it names has answered; a cell it calls unreachable stops after 2 × n
+    failures. Without them, a cell stops once every candidate answered, or after 4 × n
+    attempts if none did."""
     if rows:
         n = len(rows)
         want = tuple(sorted(f"{r['ip']}:{r['port']}" for r in rows
                             if r.get("reachable") and r.get("ip") is not None))
         want_failure = any(not r.get("reachable") for r in rows)
     else:
-        n, want, want_failure = max(1, endpoints), (), False
+        n, want, want_failure = max(1, len(endpoints)), tuple(sorted(endpoints)), False
     most = min(PER_ENDPOINT_ATTEMPTS * n, MAX_ATTEMPTS)
     least = min(MIN_PER_ENDPOINT * n, most)
-    return AttemptPlan(least, most, min(max(2, n), 8), want, want_failure)
+    give_up = (most if want else least) if rows else min(4 * n, most)
+    # Attempts of a batch run concurrently: an unanswered batch costs one timeout.
+    batch = min(least if rows else give_up, MAX_BATCH)
+    return AttemptPlan(least, most, batch, want, want_failure, give_up)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from k8snet_sim.emulate.compare import CellResult, EmulationReport, SimVerdict, judge_cell
-from k8snet_sim.emulate.janitor import EmulationError
+from k8snet_sim.emulate.datapath import support_problem
+from k8snet_sim.emulate.janitor import EmulationError, require_root
 from k8snet_sim.emulate.probes import Probe, expect_probes, reach_probes, unique
 from k8snet_sim.emulate.session import Emulation, emulation, topology_world
 from k8snet_sim.errors import K8sNetSimError
@@ -81,6 +82,10 @@ def emulate(scenario: Any, *, seed: int = 0, reach: bool = False, compare: bool 
             probes: list[Probe] | None = None) -> EmulationReport:
     """Build ``scenario`` (a loaded Scenario) in network namespaces, probe its cells on the
     real kernel and, with ``compare``, judge the simulator against it. Needs root."""
+    require_root()
+    problem = support_problem(scenario.mode)
+    if problem is not None:
+        raise EmulationError(problem)
     world, sim, why_not = topology_world(scenario, seed=seed)
     if compare and sim is None:
         raise EmulationError(f"cannot compare: {why_not}",

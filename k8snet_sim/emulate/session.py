@@ -91,10 +91,11 @@ class Emulation:
             return KernelResult((), skipped=why)
         source = resolve_source(self.world, probe.source)
         target = resolve_target(self.world, probe.target)
-        n = 1
+        candidates: tuple[str, ...] = ()
         if target.service is not None and target.service_port is not None:
-            n = len(self.state.endpoints_for(target.service, target.service_port)) or 1
-        plan = attempt_plan(rows, endpoints=n)
+            candidates = tuple(e.address for e in self.state.endpoints_for(
+                target.service, target.service_port) if e.ready)
+        plan = attempt_plan(rows, endpoints=candidates)
         return KernelResult(tuple(self._attempts(self.netns(source), target, plan)))
 
     def _attempts(self, ns: str, target: Target, plan: AttemptPlan) -> list[dict[str, Any]]:

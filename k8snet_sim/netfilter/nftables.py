@@ -17,7 +17,9 @@ compiles the tables into an evaluator with the kernel's semantics:
 
 Only the subset kube-proxy writes (plus a few obvious neighbours) is modelled; anything else is
 a :class:`~k8snet_sim.errors.RulesError` naming the line and the construct. Each evaluated rule
-adds 1 to ``ctx.rules_walked`` and each set or map lookup 1 to ``ctx.map_lookups``.
+adds 1 to ``ctx.rules_walked`` and each set or map lookup 1 to ``ctx.map_lookups``. The rule
+language lives in :mod:`~k8snet_sim.netfilter.nftables_rules`, the walk in
+:mod:`~k8snet_sim.netfilter.nftables_eval`.
 
 Example
 -------
@@ -53,7 +55,8 @@ from k8snet_sim.netfilter.context import (
 )
 from k8snet_sim.netfilter.hooks import NAT_MANIP, HookFn, NetfilterStack, Skb
 from k8snet_sim.netfilter.nat import install_conntrack
-from k8snet_sim.netfilter.nftables_eval import HOOKS, CompiledChain, Program, parse_duration
+from k8snet_sim.netfilter.nftables_eval import CompiledChain, Program
+from k8snet_sim.netfilter.nftables_rules import HOOKS, parse_duration
 
 # Standard priorities of the ip family (nft(8) "CHAIN PRIORITIES"); nft accepts dstnat only at
 # prerouting and srcnat only at postrouting (elsewhere the same values are written as numbers).

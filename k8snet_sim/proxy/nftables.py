@@ -9,7 +9,8 @@ costs the same whatever the number of Services. :func:`ruleset` returns the same
 Fidelity notes:
 
 * Base chains follow the newest upstream layout: ``filter-prerouting-pre-dnat`` and
-  ``filter-output-pre-dnat`` at ``dstnat - 10`` (firewall checks see the service IP),
+  ``filter-output-pre-dnat`` at -110 = ``dstnat - 10`` (firewall checks see the service IP;
+  nft spells it ``-110`` at the output hook, where ``dstnat`` is not a valid name),
   ``filter-input``/``filter-forward``/``filter-output`` at ``filter`` (no-endpoint and ClusterIP
   checks see the post-DNAT destination). The short-lived ``filter-output-post-dnat`` of some
   releases is not written: ``filter-output`` at priority 0 plays its part.

@@ -20,6 +20,8 @@ from k8snet_sim.sim.sockets import Endpoint, Message, send_message
 if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
 
+APP_PROCESS = "app"  # the CPU account of backend applications
+
 
 class PodServer:
     """Answers every request on a connection; stateless, shared by all connections of a port."""
@@ -40,7 +42,8 @@ class PodServer:
             "peer": f"{ip_str(conn.remote[0])}:{conn.remote[1]}",
             "address": f"{ip_str(conn.local[0])}:{conn.local[1]}",
         })
-        delay = sim.costs.app_service
+        # The application's own work runs on the pod's node, next to the packet processing.
+        delay = sim.charge(sim.ns(conn.ns), sim.costs.app_service, APP_PROCESS)
         sim.later(delay, send_message, sim, conn, reply)
 
     def on_closed(self, sim: Simulation, conn: Endpoint, reason: str) -> None:

@@ -96,6 +96,17 @@ def _skb(sim: Simulation, ns: Namespace, pkt: Packet, visit: Visit, hook: Hook,
                rewrites=[] if tracing else None)
 
 
+def _charge(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet) -> tuple[float, float]:
+    """Charge one packet's visit to ``ns``'s CPU owner: ``(cost, delay until done)``. A flow
+    probe riding on the packet (bulk traffic learning its path) is told what was charged."""
+    cost = cost_of(sim, skb, pkt)
+    delay = sim.charge(ns, cost)
+    probe = pkt.meta.get("probe")
+    if probe is not None:
+        probe.on_cpu(ns, cost, pkt.length * sim.costs.byte_cost)
+    return cost, delay
+
+
 def cost_of(sim: Simulation, skb: Skb | None, pkt: Packet) -> float:
     """CPU seconds for one packet through one namespace."""
     c = sim.costs
@@ -159,7 +170,8 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
     if not result.accepted:
         _refuse(sim, ns, skb, visit, result, "FORWARD")
         return
-    _postrouting(sim, ns, skb, visit, route, f"forward {skb.ctx.in_iface} → {route}")
+    _postrouting(sim, ns, skb, visit, route,
+                 f"forward {skb.ctx.in_iface} → {route}" if visit.hop is not None else "")
 
 
 def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
@@ -176,10 +188,10 @@ def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
             return
         skb.ctx.out_iface = route.dev
         skb.next_hop = route.via if route.via is not None else pkt.dst
-        _postrouting(sim, ns, skb, visit, route, f"IPVS forward → {route}")
+        _postrouting(sim, ns, skb, visit, route,
+                     f"IPVS forward → {route}" if visit.hop is not None else "")
         return
-    cost = cost_of(sim, skb, pkt)
-    delay = sim.charge(ns, cost)
+    cost, delay = _charge(sim, ns, skb, pkt)
     if visit.hop is not None:
         visit.hop.cost_s = cost
     sim.later(delay, _deliver, sim, ns, skb, visit)
@@ -253,11 +265,11 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
             _refuse(sim, ns, skb, visit, result, "POSTROUTING")
             return True
         visit.done(skb, pkt, "send", "loopback (lo)")
-        delay = sim.charge(ns, cost_of(sim, skb, pkt))
+        _, delay = _charge(sim, ns, skb, pkt)
         sim.later(delay, receive, sim, ns, "lo", pkt, skb)
         return True
     skb.next_hop = route.via if route.via is not None else pkt.dst
-    _postrouting(sim, ns, skb, visit, route, f"send → {route}")
+    _postrouting(sim, ns, skb, visit, route, f"send → {route}" if visit.hop is not None else "")
     return True
 
 
@@ -268,8 +280,7 @@ def _postrouting(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, route: 
         return
     pkt = skb.pkt
     next_hop = skb.next_hop if skb.next_hop is not None else pkt.dst
-    cost = cost_of(sim, skb, pkt)
-    delay = sim.charge(ns, cost)
+    cost, delay = _charge(sim, ns, skb, pkt)
     visit.done(skb, pkt, "send" if skb.local_origin else "forward", action)
     if visit.hop is not None:
         visit.hop.cost_s = cost
@@ -292,7 +303,7 @@ def bridge_netfilter(sim: Simulation, owner: Namespace, port_iface: str, pkt: Pa
         if not result.accepted:
             _refuse(sim, owner, skb, visit, result, f"{hook.value} (bridged)")
             return False
-    sim.charge(owner, cost_of(sim, skb, pkt))
+    _charge(sim, owner, skb, pkt)
     visit.done(skb, pkt, "forward", f"bridge {port_iface} (br_netfilter)")
     return True
 
@@ -302,7 +313,7 @@ def bridge_netfilter(sim: Simulation, owner: Namespace, port_iface: str, pkt: Pa
 
 def _finish(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet, visit: Visit,
             verdict: str, action: str) -> None:
-    sim.charge(ns, cost_of(sim, skb, pkt))
+    _charge(sim, ns, skb, pkt)
     sim.count(ns, verdict)
     visit.done(skb, pkt, verdict, action)
 

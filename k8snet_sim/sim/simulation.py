@@ -23,9 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from k8snet_sim.net.addr import ip_str
-from k8snet_sim.net.packet import UDP, Packet
+from k8snet_sim.net.link import ETHERNET_OVERHEAD_BYTES
+from k8snet_sim.net.packet import HEADER_BYTES, UDP, Packet
 from k8snet_sim.netfilter.conntrack import ConntrackTable
 from k8snet_sim.netfilter.context import Chooser
 from k8snet_sim.netfilter.hooks import Skb
@@ -36,6 +38,61 @@ from k8snet_sim.sim.namespace import Namespace, NsState
 from k8snet_sim.sim.recorder import Recorder
 from k8snet_sim.sim.sockets import SocketTable
 from k8snet_sim.sim.world import World
+
+KERNEL = "kernel"  # the process charged for packet processing (softirq)
+FRAME_MTU = 1500  # a segment train longer than this leaves the interface as several frames
+
+
+class TxQueue:
+    """The egress FIFO of one interface and what it carried.
+
+    ``backlog`` holds ``(departure time, frames)`` of what is still queued: a segment train
+    (one simulated packet standing for several MTU-sized frames, like a GSO super-packet)
+    occupies as many buffer slots as it has frames.
+    """
+
+    __slots__ = ("name", "bandwidth_bps", "free_at", "backlog", "frames", "bytes", "packets",
+                 "busy_s", "drops")
+
+    def __init__(self, name: str, bandwidth_bps: float) -> None:
+        self.name = name
+        self.bandwidth_bps = bandwidth_bps
+        self.free_at = 0.0
+        self.backlog: deque[tuple[float, int]] = deque()
+        self.frames = 0
+        self.bytes = 0
+        self.packets = 0
+        self.busy_s = 0.0  # serialization time booked on the wire
+        self.drops = 0  # tail drops: the buffer was full
+
+
+class _Call(simpy.events.Event):
+    """A scheduled function call: a lighter Timeout with its callback built in (hot path)."""
+
+    def __init__(self, env: simpy.Environment, delay: float, fn: Callable[..., Any],
+                 args: tuple[Any, ...]) -> None:
+        # Inlined Event.__init__, as simpy's own Timeout does, for speed.
+        self.env = env
+        self.callbacks = [_fire]
+        self._value = None
+        self._ok = True
+        self.fn = fn
+        self.args = args
+        env.schedule(self, NORMAL, delay)
+
+
+def _fire(event: Any) -> None:
+    event.fn(*event.args)
+
+
+def frames_of(pkt: Packet) -> int:
+    """How many MTU-sized frames carry ``pkt`` on the wire (1 for ordinary packets)."""
+    length = pkt.length
+    if length <= FRAME_MTU:
+        return 1
+    header = HEADER_BYTES.get(pkt.proto, 28)
+    per_frame = FRAME_MTU - header
+    return -(-(length - header) // per_frame)
 
 
 class Simulation:
@@ -51,9 +108,20 @@ class Simulation:
         self.costs = costs or world.costs
         self.recorder: Recorder | None = None
         self._states: dict[str, NsState] = {}
-        self.link_drops: dict[str, int] = {}
         self._conn_seq = 0
-        self.link_bytes: dict[str, int] = {}
+        self.tx_queues: dict[tuple[str, str], TxQueue] = {}
+        # CPU seconds charged to processes other than the kernel, by (CPU owner, process).
+        self.cpu_process: dict[tuple[str, str], float] = {}
+
+    @property
+    def link_drops(self) -> dict[str, int]:
+        """Tail drops per egress link (``ns:iface``)."""
+        return {q.name: q.drops for q in self.tx_queues.values() if q.drops}
+
+    @property
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes sent per egress link (``ns:iface``)."""
+        return {q.name: q.bytes for q in self.tx_queues.values()}
 
     # ------------------------------------------------------------------ state
 
@@ -65,6 +133,10 @@ class Simulation:
         if st is None:
             st = self._states[name] = self._new_state(name)
         return st
+
+    def peek_state(self, name: str) -> NsState | None:
+        """The namespace's dynamic state if the run has touched it (never creates it)."""
+        return self._states.get(name)
 
     def _new_state(self, name: str) -> NsState:
         ns = self.world.namespaces[name]
@@ -111,8 +183,13 @@ class Simulation:
 
     def later(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Call ``fn(*args)`` after ``delay`` simulated seconds."""
-        event = self.env.timeout(delay)
-        event.callbacks.append(lambda _e: fn(*args, **kwargs))
+        if kwargs:
+            event = self.env.timeout(delay)
+            event.callbacks.append(lambda _e: fn(*args, **kwargs))
+            return
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        _Call(self.env, delay, fn, args)
 
     def run(self, until: float | simpy.Event | None = None) -> None:
         self.env.run(until=until)
@@ -121,19 +198,26 @@ class Simulation:
         """Let ``seconds`` of simulated time pass (timeouts expire, affinity lapses)."""
         self.env.run(until=self.env.now + seconds)
 
-    def charge(self, ns: Namespace, cost: float) -> float:
+    def charge(self, ns: Namespace, cost: float, process: str = KERNEL) -> float:
         """Queue ``cost`` CPU seconds on the namespace's CPU owner (FIFO over its cores).
-        Returns the delay until the work is done."""
-        st = self.state(ns.cpu_owner)
+        Returns the delay until the work is done. ``process`` names who does the work
+        (``kernel`` for packet processing, ``kube-proxy``, ``ingress``, ``app``) for the
+        per-process CPU account."""
+        owner_name = ns.cpu_owner
+        st = self.state(owner_name)
         cores = st.cpu_free_at
         if not cores:
-            owner = self.world.namespaces.get(ns.cpu_owner, ns)
+            owner = self.world.namespaces.get(owner_name, ns)
             cores.extend([0.0] * max(1, owner.cores))
         now = self.env.now
-        i = min(range(len(cores)), key=cores.__getitem__)
+        # The least busy core (the first of equals): a FIFO run queue per core.
+        i = cores.index(min(cores))
         end = max(now, cores[i]) + cost
         cores[i] = end
         st.cpu_busy_s += cost
+        if process is not KERNEL:
+            key = (owner_name, process)
+            self.cpu_process[key] = self.cpu_process.get(key, 0.0) + cost
         return end - now
 
     def count(self, ns: Namespace, what: str) -> None:
@@ -166,26 +250,44 @@ class Simulation:
             owner = self.world.namespaces[seg.owner]
             if not datapath.bridge_netfilter(self, owner, seg.owner_iface or "cni0", pkt):
                 return
-        st = self.state(ns.name)
-        key = iface_name
+        queue = self.tx_queue(ns.name, iface_name)
         now = self.env.now
-        backlog = st.tx_backlog.get(key)
-        if backlog is None:
-            backlog = st.tx_backlog[key] = deque()
-        while backlog and backlog[0] <= now:
-            backlog.popleft()
-        link = f"{ns.name}:{iface_name}"
-        if len(backlog) >= seg.buffer_packets:
-            self.link_drops[link] = self.link_drops.get(link, 0) + 1
+        backlog = queue.backlog
+        while backlog and backlog[0][0] <= now:
+            queue.frames -= backlog.popleft()[1]
+        length = pkt.length
+        frames = 1 if length <= FRAME_MTU else frames_of(pkt)
+        if queue.frames and queue.frames + frames > seg.buffer_packets:
+            queue.drops += 1
             self.count(ns, "tx-queue-drop")
             return
-        start = max(now + delay, st.tx_free_at.get(key, 0.0))
-        depart = start + seg.serialization_s(pkt.length)
-        st.tx_free_at[key] = depart
-        backlog.append(depart)
-        self.link_bytes[link] = self.link_bytes.get(link, 0) + pkt.length
+        # A segment train pays one header and one Ethernet framing per frame it stands for.
+        wire_length = length if frames == 1 else (
+            length + (frames - 1) * (HEADER_BYTES.get(pkt.proto, 28) + ETHERNET_OVERHEAD_BYTES))
+        start = max(now + delay, queue.free_at)
+        serialization = seg.serialization_s(wire_length)
+        depart = start + serialization
+        queue.free_at = depart
+        backlog.append((depart, frames))
+        queue.frames += frames
+        queue.bytes += length
+        queue.packets += 1
+        queue.busy_s += serialization
+        probe = pkt.meta.get("probe")
+        if probe is not None:
+            probe.on_link(queue, wire_length + ETHERNET_OVERHEAD_BYTES)
         peer_ns = self.world.namespaces[peer[0]]
         self.later(depart + seg.latency_s - now, datapath.receive, self, peer_ns, peer[1], pkt)
+
+    def tx_queue(self, ns_name: str, iface_name: str) -> TxQueue:
+        """The egress queue of ``iface_name`` in ``ns_name`` (created on first use)."""
+        key = (ns_name, iface_name)
+        queue = self.tx_queues.get(key)
+        if queue is None:
+            iface = self.world.namespaces[ns_name].interfaces[iface_name]
+            bandwidth = self.world.segments[iface.segment].bandwidth_bps if iface.segment else 0.0
+            queue = self.tx_queues[key] = TxQueue(f"{ns_name}:{iface_name}", bandwidth)
+        return queue
 
     def _vxlan_encap(self, ns: Namespace, iface: str, next_hop: int, inner: Packet,
                      delay: float) -> None:

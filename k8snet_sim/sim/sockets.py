@@ -27,9 +27,15 @@ EPHEMERAL_LO, EPHEMERAL_HI = 32768, 60999  # net.ipv4.ip_local_port_range
 
 @dataclass
 class Message:
-    """Application data: ``size`` bytes; ``data`` what the receiving app may read."""
+    """Application data: ``size`` bytes; ``data`` what the receiving app may read.
 
-    kind: str  # "request" | "response"
+    A ``data`` message is a segment train of a bulk transfer (``data["seq"]`` numbers it): the
+    receiving stack acknowledges it, and the sender's app hears of the ACK (``on_ack``).
+    ``data["probe"]``, when present, rides along on every packet the message causes (see
+    :mod:`k8snet_sim.sim.flows`).
+    """
+
+    kind: str  # "request" | "response" | "data"
     size: int
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -66,11 +72,13 @@ class Endpoint:
 
     def packet(self, flags: str = "", message: Message | None = None, label: str = "") -> Packet:
         size = message.size if message is not None else 0
+        meta: dict[str, Any] = {"dir": 0 if self.role == "client" else 1}
+        if message is not None and "probe" in message.data:
+            meta["probe"] = message.data["probe"]
         return Packet(
             src=self.local[0], dst=self.remote[0], proto=self.proto, sport=self.local[1],
             dport=self.remote[1], flags=flags, length=HEADER_BYTES.get(self.proto, 28) + size,
-            payload=message, conn_id=self.conn_id, label=label or flags,
-            meta={"dir": 0 if self.role == "client" else 1},
+            payload=message, conn_id=self.conn_id, label=label or flags, meta=meta,
         )
 
     def describe(self) -> str:
@@ -200,9 +208,18 @@ def tcp_segment(sim: Simulation, ep: Endpoint, pkt: Packet) -> str:
         ep.state = "ESTABLISHED"
         ep.app.on_established(sim, ep)
     note = "segment"
-    if isinstance(pkt.payload, Message):
-        ep.app.on_message(sim, ep, pkt.payload)
-        note = f"{pkt.payload.kind} ({pkt.payload.size} B) to application"
+    message = pkt.payload
+    if isinstance(message, Message):
+        if message.kind == "data":
+            _ack_data(sim, ep, message)
+        ep.app.on_message(sim, ep, message)
+        note = f"{message.kind} ({message.size} B) to application"
+    elif "ack" in pkt.meta:
+        # The peer's stack acknowledged a data train: the sending side's window opens.
+        on_ack = getattr(ep.app, "on_ack", None)
+        if on_ack is not None:
+            on_ack(sim, ep, pkt.meta["ack"])
+        note = "ACK of data"
     if "F" in flags:
         if ep.state in ("ESTABLISHED", "SYN_RECV"):
             ep.state = "LAST_ACK"
@@ -219,6 +236,17 @@ def tcp_segment(sim: Simulation, ep: Endpoint, pkt: Packet) -> str:
         ep.state = "CLOSED"
         ep.app.on_closed(sim, ep, "closed")
     return note
+
+
+def _ack_data(sim: Simulation, ep: Endpoint, message: Message) -> None:
+    """The receiving stack acknowledges a bulk data train (one ACK per train)."""
+    ack = ep.packet("A", label="ACK")
+    ack.meta["ack"] = message.data.get("seq", 0)
+    probe = message.data.get("probe")
+    if probe is not None:
+        probe.on_receive(ep.ns)
+        ack.meta["probe"] = probe
+    sim.send(ep.ns, ack)
 
 
 def udp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> str | None:

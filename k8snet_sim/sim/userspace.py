@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
 
 DIAL_TIMEOUTS = (0.25, 0.5, 1.0, 2.0)
+PROCESS = "kube-proxy"  # the CPU account of the userspace proxy's work
 
 
 class UserspaceProxy:
@@ -65,7 +66,7 @@ class UserspaceProxy:
     # -- the client side --------------------------------------------------------------
 
     def on_established(self, sim: Simulation, conn: Endpoint) -> None:
-        delay = sim.charge(sim.ns(self.node_ns), sim.costs.userspace_accept)
+        delay = sim.charge(sim.ns(self.node_ns), sim.costs.userspace_accept, PROCESS)
         conn.meta["pending"] = []
         sim.later(delay, self._dial, sim, conn, 0)
 
@@ -159,7 +160,12 @@ class BackendLeg:
 
 def relay(sim: Simulation, node_ns: str, to: Endpoint, message: Message) -> None:
     """Copy one message through user space: wake-up and per-byte copy cost on the node."""
-    cost = sim.costs.userspace_packet + message.size * sim.costs.userspace_byte
-    delay = sim.charge(sim.ns(node_ns), cost)
+    per_byte = message.size * sim.costs.userspace_byte
+    cost = sim.costs.userspace_packet + per_byte
+    ns = sim.ns(node_ns)
+    delay = sim.charge(ns, cost, PROCESS)
+    probe = message.data.get("probe")
+    if probe is not None:
+        probe.on_cpu(ns, cost, per_byte, process=PROCESS)
     sim.later(delay, send_message, sim, to, message)
 
