@@ -28,13 +28,20 @@ def _rows() -> list[dict[str, str]]:
 @pytest.mark.parametrize("row", _rows(), ids=lambda r: r["id"])
 def test_fixture_packet_flows(row: dict[str, str]) -> None:
     text = (REFERENCE / row["fixture"]).read_text()
-    result = iptables_trace(text, src=row["source_ip"], dst=row["dest_ip"], dport=int(row["dest_port"]),
-                            local_ips=["192.168.0.2"])
+    result = iptables_trace(
+        text,
+        src=row["source_ip"],
+        dst=row["dest_ip"],
+        dport=int(row["dest_port"]),
+        local_ips=["192.168.0.2"],
+    )
     assert ", ".join(result.output) == row["expected_output"]
     assert str(result.masquerade).lower() == row["expected_masq"]
 
 
-@pytest.mark.parametrize("name", ["overall.rules", "tracepackets.rules", "loadbalancer.rules", "onlylocal-lb.rules"])
+@pytest.mark.parametrize(
+    "name", ["overall.rules", "tracepackets.rules", "loadbalancer.rules", "onlylocal-lb.rules"]
+)
 def test_fixture_round_trip_is_byte_identical(name: str) -> None:
     text = (REFERENCE / "fixtures" / name).read_text()
     assert parse_iptables_save(text).render() == text

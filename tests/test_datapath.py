@@ -27,10 +27,10 @@ def test_routed_exchange_completes_with_hops_in_order() -> None:
 @pytest.mark.parametrize(
     ("dst", "port", "proto", "status"),
     [
-        ("10.0.0.20", 81, 6, "reset"),        # closed TCP port: RST
+        ("10.0.0.20", 81, 6, "reset"),  # closed TCP port: RST
         ("10.0.0.20", 54, 17, "unreachable"),  # closed UDP port: ICMP port unreachable
-        ("10.9.9.9", 80, 6, "unreachable"),    # router has no route: ICMP net unreachable
-        ("10.0.0.99", 80, 6, "unreachable"),   # no ARP answer on the LAN: host unreachable
+        ("10.9.9.9", 80, 6, "unreachable"),  # router has no route: ICMP net unreachable
+        ("10.0.0.99", 80, 6, "unreachable"),  # no ARP answer on the LAN: host unreachable
     ],
 )
 def test_failures_answered_like_linux(dst: str, port: int, proto: int, status: str) -> None:
@@ -59,7 +59,7 @@ def test_dnat_reply_is_un_natted_by_conntrack() -> None:
     sim = Simulation(office_world(dnat_at_router=_dnat_to("10.0.0.20", 80)), seed=1)
     client, rec = exchange(sim, "host/laptop", "172.16.0.1", 8080)
     assert client.outcome.ok
-    back = [h for h in rec.hops if h.label == "SYN-ACK" and h.node == "router/core"][0]
+    back = next(h for h in rec.hops if h.label == "SYN-ACK" and h.node == "router/core")
     assert back.packet.startswith("TCP 172.16.0.1:8080 > 172.16.0.50")
     assert any("un-DNAT" in r for r in back.rewrites)
 
@@ -92,7 +92,7 @@ def test_masquerade_picks_outgoing_address_and_reply_is_un_snatted() -> None:
         return ACCEPTED
 
     sim = Simulation(office_world(snat_at_router=masq), seed=1)
-    client, rec = exchange(sim, "host/laptop", "10.0.0.20", 80)
+    client, _ = exchange(sim, "host/laptop", "10.0.0.20", 80)
     assert client.outcome.ok
     assert client.outcome.response is not None
     assert client.outcome.response.data["peer"].startswith("10.0.0.1:")

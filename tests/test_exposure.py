@@ -8,9 +8,9 @@ import pytest
 
 from k8snet_sim import load, trace
 from k8snet_sim.analysis.check import check
+from k8snet_sim.api import simulate
 from k8snet_sim.errors import UnknownEndpoint
 from k8snet_sim.scenario.loader import load_scenario
-from k8snet_sim.api import simulate
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
@@ -47,10 +47,13 @@ def test_nodeport_policies_from_outside(target, reachable, seen, disposition) ->
 
 
 def test_nodeport_local_drop_names_the_rule() -> None:
-    result = trace(_sim("nodeport-policies.yaml"), "host/laptop", "nodeport/node2/default/web-local:80")
+    result = trace(
+        _sim("nodeport-policies.yaml"), "host/laptop", "nodeport/node2/default/web-local:80"
+    )
     assert result.disposition == "DROPPED"
     assert "node/node2" in result.reason and "has no local endpoints" in " ".join(
-        r for h in result.hops for r in h.rules)
+        r for h in result.hops for r in h.rules
+    )
 
 
 def test_metallb_elected_node_answers_and_pending_is_explained() -> None:
@@ -91,7 +94,9 @@ def test_cloud_lb_health_checks_pick_nodes() -> None:
 
 
 def test_cloud_lb_without_provider_stays_pending() -> None:
-    scenario = load_scenario(SCENARIOS / "loadbalancer-cloud.yaml", overrides=["loadBalancer=null", "expect=[]"])
+    scenario = load_scenario(
+        SCENARIOS / "loadbalancer-cloud.yaml", overrides=["loadBalancer=null", "expect=[]"]
+    )
     sim = simulate(scenario)
     svc = sim.world.info["state"].service("default", "web-local")
     assert svc.load_balancer_pending and "provider" in svc.load_balancer_pending
@@ -119,7 +124,10 @@ def test_ingress_matching(url, pods, status) -> None:
 
 
 def test_ingress_default_backend() -> None:
-    sim = _sim("ingress.yaml", "manifests[1].spec.defaultBackend={service: {name: fallback, port: {number: 80}}}")
+    sim = _sim(
+        "ingress.yaml",
+        "manifests[1].spec.defaultBackend={service: {name: fallback, port: {number: 80}}}",
+    )
     result = trace(sim, "host/laptop", "http://nobody.example/")
     assert result.reachable and result.endpoint["pod"] == "shop/fallback-0"
 
@@ -143,8 +151,16 @@ def test_affinity_holds_within_timeout_and_releases_after() -> None:
     assert len(released.possible_endpoints) == 2
 
 
-@pytest.mark.parametrize("name", ["nodeport-policies.yaml", "loadbalancer-metallb.yaml",
-                                  "loadbalancer-cloud.yaml", "ingress.yaml", "session-affinity.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nodeport-policies.yaml",
+        "loadbalancer-metallb.yaml",
+        "loadbalancer-cloud.yaml",
+        "ingress.yaml",
+        "session-affinity.yaml",
+    ],
+)
 def test_bundled_expectations_hold(name: str) -> None:
     scenario = load_scenario(SCENARIOS / name)
     assert check(simulate(scenario, seed=1), scenario).passed

@@ -53,15 +53,21 @@ def test_userspace_reaches_every_backend_from_the_node() -> None:
     result = trace(load(SCENARIO, mode="userspace"), "host/office", "service/default/web:80")
     assert set(_verdicts(result).values()) == {"DELIVERED"}
     seen = {r["pod"]: r["sourceSeenByBackend"] for r in result.possible_endpoints}
-    assert seen == {"default/web-master": "10.244.0.1", "default/web-0": "192.168.10.10",
-                    "default/web-1": "192.168.10.10"}
+    assert seen == {
+        "default/web-master": "10.244.0.1",
+        "default/web-0": "192.168.10.10",
+        "default/web-1": "192.168.10.10",
+    }
     assert len(result.connections) == 2  # client → proxy socket, node → backend
 
 
 def test_detector_masquerades_off_cluster_sources() -> None:
     result = trace(load(SCENARIO, overrides=[DETECTOR]), "host/office", "service/default/web:80")
     assert set(_verdicts(result).values()) == {"DELIVERED"}
-    assert {r["sourceSeenByBackend"] for r in result.possible_endpoints} == {"10.244.0.1", "192.168.10.10"}
+    assert {r["sourceSeenByBackend"] for r in result.possible_endpoints} == {
+        "10.244.0.1",
+        "192.168.10.10",
+    }
 
 
 @pytest.mark.parametrize(
@@ -76,7 +82,9 @@ def test_expectations_hold(mode: str, overrides: list[str]) -> None:
 
 
 def test_compare_tells_the_story() -> None:
-    cmp = compare_modes(SCENARIO, "host/office", "service/default/web:80", modes=["userspace", "iptables"])
+    cmp = compare_modes(
+        SCENARIO, "host/office", "service/default/web:80", modes=["userspace", "iptables"]
+    )
     rows = {r.mode: r for r in cmp.rows}
     assert rows["userspace"].reachable == "all" and rows["userspace"].connections == 2
     assert rows["iptables"].reachable == "partial" and rows["iptables"].connections == 1

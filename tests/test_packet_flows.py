@@ -12,7 +12,14 @@ from __future__ import annotations
 import pytest
 
 from k8snet_sim.analysis.iptables_trace import iptables_trace
-from k8snet_sim.cluster.model import ClusterState, Endpoint, KubeProxyConfig, Node, Service, ServicePort
+from k8snet_sim.cluster.model import (
+    ClusterState,
+    Endpoint,
+    KubeProxyConfig,
+    Node,
+    Service,
+    ServicePort,
+)
 from k8snet_sim.proxy.iptables import restore_input
 
 NODE = "this-node"
@@ -20,44 +27,90 @@ NODE_IP = "192.168.0.2"
 POD, LOCALHOST, EXTERNAL = "10.0.0.2", "127.0.0.1", "203.0.113.2"
 
 
-def state(*services: tuple[Service, list[Endpoint]], detector: str | None = "10.0.0.0/8",
-          masquerade_all: bool = False) -> ClusterState:
+def state(
+    *services: tuple[Service, list[Endpoint]],
+    detector: str | None = "10.0.0.0/8",
+    masquerade_all: bool = False,
+) -> ClusterState:
     return ClusterState(
-        service_cidr="172.30.0.0/16", pod_cidr="10.0.0.0/8", node_port_range=(30000, 32767),
-        nodes=(Node(NODE, NODE_IP, "10.0.0.0/24", "lan"), Node("other", "192.168.0.3", "10.0.1.0/24", "lan")),
+        service_cidr="172.30.0.0/16",
+        pod_cidr="10.0.0.0/8",
+        node_port_range=(30000, 32767),
+        nodes=(
+            Node(NODE, NODE_IP, "10.0.0.0/24", "lan"),
+            Node("other", "192.168.0.3", "10.0.1.0/24", "lan"),
+        ),
         pods=(),
         services=tuple(s for s, _ in services),
-        endpoints={(s.key, s.ports[0].name): tuple(sorted(eps, key=lambda e: e.address)) for s, eps in services},
+        endpoints={
+            (s.key, s.ports[0].name): tuple(sorted(eps, key=lambda e: e.address))
+            for s, eps in services
+        },
         kube_proxy=KubeProxyConfig(cluster_cidr=detector, masquerade_all=masquerade_all),
     )
 
 
-def lb(name: str, ip: str, node_port: int, lb_ip: str, *, etp: str = "Cluster", itp: str = "Cluster",
-       hcnp: int = 0, ranges: tuple[str, ...] = (), affinity: bool = False) -> Service:
-    return Service("lab", name, "LoadBalancer", ip, (ServicePort("web", "TCP", 80, 80, node_port),),
-                   load_balancer_ips=(lb_ip,), external_traffic_policy=etp, internal_traffic_policy=itp,
-                   health_check_node_port=hcnp, load_balancer_source_ranges=ranges,
-                   session_affinity="ClientIP" if affinity else "None")
+def lb(
+    name: str,
+    ip: str,
+    node_port: int,
+    lb_ip: str,
+    *,
+    etp: str = "Cluster",
+    itp: str = "Cluster",
+    hcnp: int = 0,
+    ranges: tuple[str, ...] = (),
+    affinity: bool = False,
+) -> Service:
+    return Service(
+        "lab",
+        name,
+        "LoadBalancer",
+        ip,
+        (ServicePort("web", "TCP", 80, 80, node_port),),
+        load_balancer_ips=(lb_ip,),
+        external_traffic_policy=etp,
+        internal_traffic_policy=itp,
+        health_check_node_port=hcnp,
+        load_balancer_source_ranges=ranges,
+        session_affinity="ClientIP" if affinity else "None",
+    )
 
 
-def ep(ip: str, local: bool, *, ready: bool = True, serving: bool = True, terminating: bool = False) -> Endpoint:
-    return Endpoint(ip, 80, NODE if local else "other", ready=ready, serving=serving, terminating=terminating)
+def ep(
+    ip: str, local: bool, *, ready: bool = True, serving: bool = True, terminating: bool = False
+) -> Endpoint:
+    return Endpoint(
+        ip, 80, NODE if local else "other", ready=ready, serving=serving, terminating=terminating
+    )
 
 
 def flow(st: ClusterState, src: str, dst: str, dport: int, proto: str = "tcp") -> tuple[str, bool]:
-    result = iptables_trace(restore_input(st, NODE), src=src, dst=dst, dport=dport, proto=proto,
-                            local_ips=[NODE_IP])
+    result = iptables_trace(
+        restore_input(st, NODE), src=src, dst=dst, dport=dport, proto=proto, local_ips=[NODE_IP]
+    )
     return ", ".join(result.output), result.masquerade
 
 
 # --- The internal/external masquerade matrix (three LoadBalancer Services) -------------------
 
+
 def matrix(detector: str | None = "10.0.0.0/8", masquerade_all: bool = False) -> ClusterState:
     return state(
-        (lb("alpha", "172.30.0.41", 3001, "1.2.3.4", hcnp=30001), [ep("10.180.0.1", True), ep("10.180.1.1", False)]),
-        (lb("beta", "172.30.0.42", 3002, "5.6.7.8", etp="Local", hcnp=30002), [ep("10.180.0.2", True), ep("10.180.1.2", False)]),
-        (lb("gamma", "172.30.0.43", 3003, "9.10.11.12", itp="Local", hcnp=30003), [ep("10.180.0.3", True), ep("10.180.1.3", False)]),
-        detector=detector, masquerade_all=masquerade_all,
+        (
+            lb("alpha", "172.30.0.41", 3001, "1.2.3.4", hcnp=30001),
+            [ep("10.180.0.1", True), ep("10.180.1.1", False)],
+        ),
+        (
+            lb("beta", "172.30.0.42", 3002, "5.6.7.8", etp="Local", hcnp=30002),
+            [ep("10.180.0.2", True), ep("10.180.1.2", False)],
+        ),
+        (
+            lb("gamma", "172.30.0.43", 3003, "9.10.11.12", itp="Local", hcnp=30003),
+            [ep("10.180.0.3", True), ep("10.180.1.3", False)],
+        ),
+        detector=detector,
+        masquerade_all=masquerade_all,
     )
 
 
@@ -102,24 +155,34 @@ MATRIX = [
 # Without a local-traffic detector, the node/outside → ClusterIP flows are no longer
 # masqueraded and pods lose the eTP=Local short-circuit; masquerade-all masquerades pods too.
 NO_DETECTOR = {
-    "node → ClusterIP": (A, False), "external → ClusterIP": (A, False),
-    "node → ClusterIP, eTP Local": (B, False), "external → ClusterIP, eTP Local": (B, False),
-    "node → ClusterIP, iTP Local": (G_LOCAL, False), "external → ClusterIP, iTP Local": (G_LOCAL, False),
+    "node → ClusterIP": (A, False),
+    "external → ClusterIP": (A, False),
+    "node → ClusterIP, eTP Local": (B, False),
+    "external → ClusterIP, eTP Local": (B, False),
+    "node → ClusterIP, iTP Local": (G_LOCAL, False),
+    "external → ClusterIP, iTP Local": (G_LOCAL, False),
     "pod → NodePort, eTP Local (short-circuit)": (B_LOCAL, False),
     "pod → LB, eTP Local (short-circuit)": (B_LOCAL, False),
 }
 MASQUERADE_ALL = {
-    "pod → ClusterIP": (A, True), "pod → ClusterIP, eTP Local": (B, True),
+    "pod → ClusterIP": (A, True),
+    "pod → ClusterIP, eTP Local": (B, True),
     "pod → ClusterIP, iTP Local": (G_LOCAL, True),
 }
 
 
-@pytest.mark.parametrize(("case", "src", "dst", "port", "output", "masq"), MATRIX, ids=[c[0] for c in MATRIX])
-def test_masquerade_matrix(case: str, src: str, dst: str, port: int, output: str, masq: bool) -> None:
+@pytest.mark.parametrize(
+    ("case", "src", "dst", "port", "output", "masq"), MATRIX, ids=[c[0] for c in MATRIX]
+)
+def test_masquerade_matrix(
+    case: str, src: str, dst: str, port: int, output: str, masq: bool
+) -> None:
     assert flow(matrix(), src, dst, port) == (output, masq)
 
 
-@pytest.mark.parametrize(("case", "src", "dst", "port", "output", "masq"), MATRIX, ids=[c[0] for c in MATRIX])
+@pytest.mark.parametrize(
+    ("case", "src", "dst", "port", "output", "masq"), MATRIX, ids=[c[0] for c in MATRIX]
+)
 def test_masquerade_matrix_without_detector(case, src, dst, port, output, masq) -> None:
     assert flow(matrix(detector=None), src, dst, port) == NO_DETECTOR.get(case, (output, masq))
 
@@ -132,10 +195,17 @@ def test_masquerade_all(case: str) -> None:
 
 # --- LoadBalancer source ranges -----------------------------------------------------------
 
+
 def ranged() -> ClusterState:
-    svc = Service("lab", "gated", "LoadBalancer", "172.30.0.41", (ServicePort("web", "TCP", 80, 80, 3001),),
-                  load_balancer_ips=("1.2.3.4", "5.6.7.8"),
-                  load_balancer_source_ranges=("192.168.0.0/24", "203.0.113.0/25"))
+    svc = Service(
+        "lab",
+        "gated",
+        "LoadBalancer",
+        "172.30.0.41",
+        (ServicePort("web", "TCP", 80, 80, 3001),),
+        load_balancer_ips=("1.2.3.4", "5.6.7.8"),
+        load_balancer_source_ranges=("192.168.0.0/24", "203.0.113.0/25"),
+    )
     return state((svc, [ep("10.180.0.1", False)]))
 
 
@@ -159,9 +229,17 @@ def test_source_ranges(src: str, dst: str, port: int, output: str, masq: bool) -
 
 # --- No endpoints, traffic policies, terminating endpoints, hairpin --------------------------
 
+
 def single(svc_type: str = "ClusterIP", **kw) -> Service:
     node_port = kw.pop("node_port", 0)
-    return Service("lab", "one", svc_type, "172.30.1.1", (ServicePort("", kw.pop("proto", "TCP"), 80, 80, node_port),), **kw)
+    return Service(
+        "lab",
+        "one",
+        svc_type,
+        "172.30.1.1",
+        (ServicePort("", kw.pop("proto", "TCP"), 80, 80, node_port),),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize(
@@ -169,34 +247,139 @@ def single(svc_type: str = "ClusterIP", **kw) -> Service:
     [
         ((single(), []), POD, "172.30.1.1", 80, "REJECT", False),
         ((single("NodePort", node_port=3001), []), EXTERNAL, NODE_IP, 3001, "REJECT", False),
-        ((single(external_ips=("192.168.99.11",)), []), EXTERNAL, "192.168.99.11", 80, "REJECT", False),
-        ((single(internal_traffic_policy="Local"), [ep("10.0.1.1", True), ep("10.0.1.2", False)]),
-         POD, "172.30.1.1", 80, "10.0.1.1:80", False),
-        ((single(internal_traffic_policy="Local"), [ep("10.0.1.2", False)]), POD, "172.30.1.1", 80, "DROP", False),
-        ((single(), [ep("10.0.1.1", True), ep("10.0.1.2", False), ep("10.0.1.3", False)]),
-         POD, "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80", False),
+        (
+            (single(external_ips=("192.168.99.11",)), []),
+            EXTERNAL,
+            "192.168.99.11",
+            80,
+            "REJECT",
+            False,
+        ),
+        (
+            (
+                single(internal_traffic_policy="Local"),
+                [ep("10.0.1.1", True), ep("10.0.1.2", False)],
+            ),
+            POD,
+            "172.30.1.1",
+            80,
+            "10.0.1.1:80",
+            False,
+        ),
+        (
+            (single(internal_traffic_policy="Local"), [ep("10.0.1.2", False)]),
+            POD,
+            "172.30.1.1",
+            80,
+            "DROP",
+            False,
+        ),
+        (
+            (single(), [ep("10.0.1.1", True), ep("10.0.1.2", False), ep("10.0.1.3", False)]),
+            POD,
+            "172.30.1.1",
+            80,
+            "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80",
+            False,
+        ),
         # Ready endpoints preferred; serving+terminating only as fallback; never non-serving.
-        ((single(), [ep("10.0.1.2", True, ready=False, terminating=True), ep("10.0.1.5", False)]),
-         POD, "172.30.1.1", 80, "10.0.1.5:80", False),
-        ((single(), [ep("10.0.1.2", True, ready=False, terminating=True),
-                     ep("10.0.1.4", True, ready=False, serving=False, terminating=True)]),
-         POD, "172.30.1.1", 80, "10.0.1.2:80", False),
-        ((single(), [ep("10.0.1.4", True, ready=False, serving=False, terminating=True)]),
-         POD, "172.30.1.1", 80, "REJECT", False),
+        (
+            (
+                single(),
+                [ep("10.0.1.2", True, ready=False, terminating=True), ep("10.0.1.5", False)],
+            ),
+            POD,
+            "172.30.1.1",
+            80,
+            "10.0.1.5:80",
+            False,
+        ),
+        (
+            (
+                single(),
+                [
+                    ep("10.0.1.2", True, ready=False, terminating=True),
+                    ep("10.0.1.4", True, ready=False, serving=False, terminating=True),
+                ],
+            ),
+            POD,
+            "172.30.1.1",
+            80,
+            "10.0.1.2:80",
+            False,
+        ),
+        (
+            (single(), [ep("10.0.1.4", True, ready=False, serving=False, terminating=True)]),
+            POD,
+            "172.30.1.1",
+            80,
+            "REJECT",
+            False,
+        ),
         # Hairpin: an endpoint reaching its own Service is masqueraded (also for SCTP).
-        ((single(proto="SCTP"), [ep("10.180.0.1", True)]), "10.180.0.1", "172.30.1.1", 80, "10.180.0.1:80", True),
-        ((single(), [ep("10.180.0.1", True)]), "10.180.0.2", "172.30.1.1", 80, "10.180.0.1:80", False),
+        (
+            (single(proto="SCTP"), [ep("10.180.0.1", True)]),
+            "10.180.0.1",
+            "172.30.1.1",
+            80,
+            "10.180.0.1:80",
+            True,
+        ),
+        (
+            (single(), [ep("10.180.0.1", True)]),
+            "10.180.0.2",
+            "172.30.1.1",
+            80,
+            "10.180.0.1:80",
+            False,
+        ),
         # A ClusterIP Service's external IP behaves as eTP Cluster: both endpoints, masqueraded.
-        ((single(external_ips=("192.168.99.11",)), [ep("10.180.0.1", False), ep("10.180.2.1", True)]),
-         EXTERNAL, "192.168.99.11", 80, "10.180.0.1:80, 10.180.2.1:80", True),
+        (
+            (
+                single(external_ips=("192.168.99.11",)),
+                [ep("10.180.0.1", False), ep("10.180.2.1", True)],
+            ),
+            EXTERNAL,
+            "192.168.99.11",
+            80,
+            "10.180.0.1:80, 10.180.2.1:80",
+            True,
+        ),
         # eTP Local external IP from outside: the local endpoint only, client address kept.
-        ((single("NodePort", external_traffic_policy="Local", external_ips=("192.168.99.11",)),
-          [ep("10.180.0.1", False), ep("10.180.2.1", True)]),
-         EXTERNAL, "192.168.99.11", 80, "10.180.2.1:80", False),
+        (
+            (
+                single(
+                    "NodePort", external_traffic_policy="Local", external_ips=("192.168.99.11",)
+                ),
+                [ep("10.180.0.1", False), ep("10.180.2.1", True)],
+            ),
+            EXTERNAL,
+            "192.168.99.11",
+            80,
+            "10.180.2.1:80",
+            False,
+        ),
         # A healthCheckNodePort is accepted even without endpoints.
-        ((Service("lab", "hc", "LoadBalancer", "172.30.0.42", (ServicePort("", "TCP", 80, 80, 3001),),
-                  load_balancer_ips=("1.2.3.4",), external_traffic_policy="Local", health_check_node_port=30000), []),
-         "1.2.3.4", NODE_IP, 30000, "ACCEPT", False),
+        (
+            (
+                Service(
+                    "lab",
+                    "hc",
+                    "LoadBalancer",
+                    "172.30.0.42",
+                    (ServicePort("", "TCP", 80, 80, 3001),),
+                    load_balancer_ips=("1.2.3.4",),
+                    external_traffic_policy="Local",
+                    health_check_node_port=30000,
+                ),
+                [],
+            ),
+            "1.2.3.4",
+            NODE_IP,
+            30000,
+            "ACCEPT",
+            False,
+        ),
         ((single(), [ep("10.0.1.1", True)]), POD, "10.0.0.3", 80, "", False),  # nothing matches
     ],
 )

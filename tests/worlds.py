@@ -21,8 +21,17 @@ from k8snet_sim.sim.world import World
 NatFn = Callable[[Skb], HookResult]
 
 
-def host(world: World, name: str, address: str, prefix: int, segment: str, gateway: str | None,
-         *, forward: bool = False, kind: str = "host") -> Namespace:
+def host(
+    world: World,
+    name: str,
+    address: str,
+    prefix: int,
+    segment: str,
+    gateway: str | None,
+    *,
+    forward: bool = False,
+    kind: str = "host",
+) -> Namespace:
     ns = world.add_namespace(Namespace(name, kind=kind, ip_forward=forward))
     ns.add_interface(Interface("eth0", [(ip(address), prefix)]))
     world.connect(ns, "eth0", segment)
@@ -31,8 +40,12 @@ def host(world: World, name: str, address: str, prefix: int, segment: str, gatew
     return ns
 
 
-def office_world(*, router_routes: bool = True, dnat_at_router: NatFn | None = None,
-                 snat_at_router: NatFn | None = None) -> World:
+def office_world(
+    *,
+    router_routes: bool = True,
+    dnat_at_router: NatFn | None = None,
+    snat_at_router: NatFn | None = None,
+) -> World:
     """laptop (172.16.0.50) — router (172.16.0.1 | 10.0.0.1) — server (10.0.0.20:80),
     plus server2 (10.0.0.21:80) on the same LAN."""
     w = World()
@@ -55,12 +68,16 @@ def office_world(*, router_routes: bool = True, dnat_at_router: NatFn | None = N
     for name in ("host/laptop", "host/server", "host/server2"):
         install_conntrack(w.namespaces[name].stack)
     w.listen("host/server", Listener(6, 80, PodServer("server"), name="server:80", pod="t/server"))
-    w.listen("host/server2", Listener(6, 80, PodServer("server2"), name="server2:80", pod="t/server2"))
+    w.listen(
+        "host/server2", Listener(6, 80, PodServer("server2"), name="server2:80", pod="t/server2")
+    )
     w.listen("host/server", Listener(17, 53, PodServer("server"), name="server:53", pod="t/server"))
     return w
 
 
-def exchange(sim: Simulation, src: str, dst: str, port: int, proto: int = 6) -> tuple[RequestClient, Recorder]:
+def exchange(
+    sim: Simulation, src: str, dst: str, port: int, proto: int = 6
+) -> tuple[RequestClient, Recorder]:
     """Run one request/response from ``src`` to ``dst:port``; returns the client and the log."""
     sim.recorder = Recorder(everything=True)
     client = RequestClient(sim, Message("request", 100))

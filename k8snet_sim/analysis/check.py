@@ -37,8 +37,12 @@ class ExpectationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "index": self.index, "description": self.description, "from": self.source,
-            "to": self.target, "applies": self.applies, "passed": self.passed,
+            "index": self.index,
+            "description": self.description,
+            "from": self.source,
+            "to": self.target,
+            "applies": self.applies,
+            "passed": self.passed,
             "failures": self.failures,
             "summary": self.trace.summary() if self.trace else None,
             "possibleEndpoints": self.trace.possible_endpoints if self.trace else None,
@@ -58,13 +62,24 @@ class CheckResult:
     def summary(self) -> str:
         applied = [r for r in self.results if r.applies]
         failed = [r for r in applied if not r.passed]
-        return (f"{self.scenario} ({self.mode}): {len(applied) - len(failed)}/{len(applied)} "
-                f"expectations hold" + (f", {len(self.results) - len(applied)} not applicable"
-                                         if len(applied) < len(self.results) else ""))
+        return (
+            f"{self.scenario} ({self.mode}): {len(applied) - len(failed)}/{len(applied)} "
+            f"expectations hold"
+            + (
+                f", {len(self.results) - len(applied)} not applicable"
+                if len(applied) < len(self.results)
+                else ""
+            )
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "mode": self.mode, "passed": self.passed,
-                "summary": self.summary(), "results": [r.to_dict() for r in self.results]}
+        return {
+            "scenario": self.scenario,
+            "mode": self.mode,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "results": [r.to_dict() for r in self.results],
+        }
 
 
 def _matches(actual: Any, accepted: list[Any]) -> bool:
@@ -90,13 +105,17 @@ def _endpoint_names(row: dict[str, Any]) -> set[str]:
 
 def judge(expectation: Any, result: TraceResult) -> list[str]:
     """Failures of one expectation against a trace (empty list = it holds)."""
-    rows = result.possible_endpoints or [{
-        "ip": result.endpoint["ip"] if result.endpoint else None,
-        "port": result.endpoint["port"] if result.endpoint else None,
-        "pod": result.endpoint["pod"] if result.endpoint else None,
-        "reachable": result.reachable, "disposition": result.disposition,
-        "sourceSeenByBackend": result.source_seen_by_backend, "probability": 1.0,
-    }]
+    rows = result.possible_endpoints or [
+        {
+            "ip": result.endpoint["ip"] if result.endpoint else None,
+            "port": result.endpoint["port"] if result.endpoint else None,
+            "pod": result.endpoint["pod"] if result.endpoint else None,
+            "reachable": result.reachable,
+            "disposition": result.disposition,
+            "sourceSeenByBackend": result.source_seen_by_backend,
+            "probability": 1.0,
+        }
+    ]
     failures: list[str] = []
     ok = [r for r in rows if r["reachable"]]
     bad = [r for r in rows if not r["reachable"]]
@@ -111,16 +130,20 @@ def judge(expectation: Any, result: TraceResult) -> list[str]:
         wanted = expectation.disposition
         got = {r["disposition"] for r in (rows if wanted == "DELIVERED" else bad)}
         if got != {wanted}:
-            failures.append(f"disposition: expected {wanted}, got {', '.join(sorted(got)) or 'none'}")
+            failures.append(
+                f"disposition: expected {wanted}, got {', '.join(sorted(got)) or 'none'}"
+            )
     allowed = _as_set(expectation.endpoint)
     if allowed is not None:
         for r in rows:
             if r["ip"] is not None and not (_endpoint_names(r) & set(allowed)):
-                failures.append(f"endpoint: {r['pod'] or r['ip']} is possible, expected one of "
-                                f"{', '.join(allowed)}")
+                failures.append(
+                    f"endpoint: {r['pod'] or r['ip']} is possible, expected one of "
+                    f"{', '.join(allowed)}"
+                )
     via = _as_set(getattr(expectation, "reachable_via", None))
     if via is not None:
-        got_via = {r["pod"] and f"pod/{r['pod']}" or f"{r['ip']}:{r['port']}" for r in ok}
+        got_via = {(r["pod"] and f"pod/{r['pod']}") or f"{r['ip']}:{r['port']}" for r in ok}
         wanted_via = {v if v.startswith("pod/") or ":" in v else f"pod/{v}" for v in via}
         if got_via != wanted_via:
             failures.append(f"reachableVia: expected {sorted(wanted_via)}, got {sorted(got_via)}")
@@ -128,8 +151,10 @@ def judge(expectation: Any, result: TraceResult) -> list[str]:
     if seen is not None:
         for r in ok:
             if r.get("sourceSeenByBackend") not in seen:
-                failures.append(f"sourceSeenByBackend: {r['pod'] or r['ip']} saw "
-                                f"{r.get('sourceSeenByBackend')}, expected {' or '.join(seen)}")
+                failures.append(
+                    f"sourceSeenByBackend: {r['pod'] or r['ip']} saw "
+                    f"{r.get('sourceSeenByBackend')}, expected {' or '.join(seen)}"
+                )
     return failures
 
 
@@ -143,6 +168,9 @@ def check(sim: Simulation, scenario: Any) -> CheckResult:
             continue
         result = trace(sim.fork(), exp.source, exp.target)
         failures = judge(exp, result)
-        results.append(ExpectationResult(i, exp.description, exp.source, exp.target, True,
-                                         not failures, failures, result))
+        results.append(
+            ExpectationResult(
+                i, exp.description, exp.source, exp.target, True, not failures, failures, result
+            )
+        )
     return CheckResult(scenario.name, scenario.mode, results)

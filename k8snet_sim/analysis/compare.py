@@ -41,10 +41,18 @@ class ModeRow:
     trace: TraceResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "reachable": self.reachable, "endpoints": self.endpoints,
-                "failures": self.failures, "sourceSeenByBackend": self.source_seen,
-                "rulesWalked": self.rules_walked, "mapLookups": self.map_lookups,
-                "hops": self.hops, "connections": self.connections, "reason": self.reason}
+        return {
+            "mode": self.mode,
+            "reachable": self.reachable,
+            "endpoints": self.endpoints,
+            "failures": self.failures,
+            "sourceSeenByBackend": self.source_seen,
+            "rulesWalked": self.rules_walked,
+            "mapLookups": self.map_lookups,
+            "hops": self.hops,
+            "connections": self.connections,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -55,11 +63,17 @@ class ModeComparison:
     rows: list[ModeRow]
 
     def summary(self) -> str:
-        return f"{self.source} → {self.target}: " + ", ".join(f"{r.mode} {r.reachable}" for r in self.rows)
+        return f"{self.source} → {self.target}: " + ", ".join(
+            f"{r.mode} {r.reachable}" for r in self.rows
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "from": self.source, "to": self.target,
-                "modes": [r.to_dict() for r in self.rows]}
+        return {
+            "scenario": self.scenario,
+            "from": self.source,
+            "to": self.target,
+            "modes": [r.to_dict() for r in self.rows],
+        }
 
 
 def _row(mode: str, result: TraceResult) -> ModeRow:
@@ -67,19 +81,29 @@ def _row(mode: str, result: TraceResult) -> ModeRow:
     ok = [r for r in rows if r["reachable"]]
     verdict = "none" if not ok else "all" if len(ok) == len(rows) else "partial"
     return ModeRow(
-        mode=mode, reachable=verdict,
+        mode=mode,
+        reachable=verdict,
         endpoints=[f"{r['pod'] or r['ip']} ({r['probability']:.2f})" for r in rows if r["ip"]],
         failures=sorted({f"{r['disposition']}: {r['reason']}" for r in rows if not r["reachable"]}),
         source_seen=sorted({r["sourceSeenByBackend"] for r in ok if r.get("sourceSeenByBackend")}),
-        rules_walked=result.rules_walked, map_lookups=result.map_lookups,
-        hops=len(result.hops), connections=len(result.connections),
-        reason=result.reason, trace=result,
+        rules_walked=result.rules_walked,
+        map_lookups=result.map_lookups,
+        hops=len(result.hops),
+        connections=len(result.connections),
+        reason=result.reason,
+        trace=result,
     )
 
 
-def compare_modes(path: str | Path, source: str, target: str, *,
-                  modes: Sequence[str] = MODES, overrides: Sequence[str] = (),
-                  seed: int = 0) -> ModeComparison:
+def compare_modes(
+    path: str | Path,
+    source: str,
+    target: str,
+    *,
+    modes: Sequence[str] = MODES,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+) -> ModeComparison:
     """Trace ``source`` → ``target`` in each mode of ``modes``."""
     rows = []
     name = str(path)

@@ -16,7 +16,7 @@ Example
 ... :PREROUTING ACCEPT [0:0]
 ... :KUBE-SERVICES - [0:0]
 ... -A PREROUTING -j KUBE-SERVICES
-... -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.5:8080
+... -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp --dport 80 -j DNAT --to-destination 10.244.1.5:8080
 ... COMMIT
 ... '''
 >>> iptables_trace(text, src="10.244.2.3", dst="10.96.0.10", dport=80).output
@@ -68,17 +68,33 @@ class IptablesTraceResult:
 
     def summary(self) -> str:
         out = ", ".join(self.output) if self.output else "nothing matched"
-        return (f"{self.proto.upper()} {self.src} > {self.dst}:{self.dport}: {out}"
-                + ("; masqueraded" if self.masquerade else ""))
+        return f"{self.proto.upper()} {self.src} > {self.dst}:{self.dport}: {out}" + (
+            "; masqueraded" if self.masquerade else ""
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "src": self.src, "dst": self.dst, "dport": self.dport, "proto": self.proto,
-            "localIPs": self.local_ips, "output": self.output, "masquerade": self.masquerade,
-            "verdict": self.verdict, "addedJumps": self.added_jumps,
-            "branches": [{"probability": round(b.probability, 10), "destination": b.destination,
-                          "verdict": b.verdict, "masquerade": b.masquerade, "path": b.path,
-                          "reason": b.reason, "rules": b.events} for b in self.branches],
+            "src": self.src,
+            "dst": self.dst,
+            "dport": self.dport,
+            "proto": self.proto,
+            "localIPs": self.local_ips,
+            "output": self.output,
+            "masquerade": self.masquerade,
+            "verdict": self.verdict,
+            "addedJumps": self.added_jumps,
+            "branches": [
+                {
+                    "probability": round(b.probability, 10),
+                    "destination": b.destination,
+                    "verdict": b.verdict,
+                    "masquerade": b.masquerade,
+                    "path": b.path,
+                    "reason": b.reason,
+                    "rules": b.events,
+                }
+                for b in self.branches
+            ],
         }
 
 
@@ -93,8 +109,11 @@ def ensure_kube_proxy_jumps(text: str) -> tuple[str, list[str]]:
         wanted = [j for j in JUMP_CHAINS if j.table == table_name and j.target in table.chains]
         for source in BUILTIN_CHAINS.get(table_name, ()):
             existing = table.chains[source].rules if source in table.chains else []
-            missing = [j for j in wanted if j.source == source
-                       and not any(r.target == j.target for r in existing)]
+            missing = [
+                j
+                for j in wanted
+                if j.source == source and not any(r.target == j.target for r in existing)
+            ]
             if not missing:
                 continue
             if source not in table.chains:
@@ -104,14 +123,14 @@ def ensure_kube_proxy_jumps(text: str) -> tuple[str, list[str]]:
     if not additions:
         return text, []
     out: list[str] = []
-    table = None
+    current: str | None = None
     pending: list[str] = []
     for line in text.splitlines():
         if line.startswith("*"):
-            table = line[1:].strip()
+            current = line[1:].strip()
             out.append(line)
-            out.extend(declarations.get(table, []))
-            pending = list(additions.get(table, []))
+            out.extend(declarations.get(current, []))
+            pending = list(additions.get(current, []))
             continue
         if pending and (line.startswith("-A") or line.strip() == "COMMIT"):
             out.extend(pending)
@@ -128,15 +147,26 @@ def _run(ns: Namespace, chooser: ScriptedChooser, pkt: Packet) -> Branch:
     original = (pkt.dst, pkt.dport)
 
     def skb_for(hook: Hook, in_iface: str | None, out_iface: str | None) -> Skb:
-        ctx = new_context(hook=hook, now=0.0, chooser=chooser, state=state, is_local=ns.is_local,
-                          in_iface=in_iface, out_iface=out_iface, events=events)
+        ctx = new_context(
+            hook=hook,
+            now=0.0,
+            chooser=chooser,
+            state=state,
+            is_local=ns.is_local,
+            in_iface=in_iface,
+            out_iface=out_iface,
+            events=events,
+        )
         return Skb(pkt, ctx, conntrack=conntrack, addressing=ns, rewrites=rewrites)
 
     local_src = ns.is_local(pkt.src)
     path: list[str] = []
     result: HookResult | None = None
-    skb = skb_for(Hook.OUTPUT if local_src else Hook.PREROUTING, None if local_src else "eth0",
-                  "eth0" if local_src else None)
+    skb = skb_for(
+        Hook.OUTPUT if local_src else Hook.PREROUTING,
+        None if local_src else "eth0",
+        "eth0" if local_src else None,
+    )
     if local_src:
         steps = [Hook.OUTPUT, Hook.POSTROUTING]
     else:
@@ -164,23 +194,43 @@ def _run(ns: Namespace, chooser: ScriptedChooser, pkt: Packet) -> Branch:
     reason = ""
     if result is not None and not result.accepted:
         verdict, reason = result.verdict.value, result.reason
-    elif any(e.effect == "ACCEPT" and e.chain.startswith("KUBE-") and e.chain != "KUBE-FORWARD"
-             for e in events):
+    elif any(
+        e.effect == "ACCEPT" and e.chain.startswith("KUBE-") and e.chain != "KUBE-FORWARD"
+        for e in events
+    ):
         verdict = "ACCEPT"
     destination = f"{ip_str(pkt.dst)}:{pkt.dport}" if (pkt.dst, pkt.dport) != original else None
     masquerade = any("MASQUERADE" in r for r in rewrites) or any(
-        e.chain == "KUBE-MARK-MASQ" for e in events)
-    return Branch(chooser.probability, destination, verdict, masquerade, path,
-                  [e.describe() for e in events], reason)
+        e.chain == "KUBE-MARK-MASQ" for e in events
+    )
+    return Branch(
+        chooser.probability,
+        destination,
+        verdict,
+        masquerade,
+        path,
+        [e.describe() for e in events],
+        reason,
+    )
 
 
-def iptables_trace(text: str, *, src: str, dst: str, dport: int, proto: str = "tcp",
-                   local_ips: Sequence[str] = (), file: str = "<rules>") -> IptablesTraceResult:
+def iptables_trace(
+    text: str,
+    *,
+    src: str,
+    dst: str,
+    dport: int,
+    proto: str = "tcp",
+    local_ips: Sequence[str] = (),
+    file: str = "<rules>",
+) -> IptablesTraceResult:
     """Trace a new connection's first packet through the dump ``text`` (see module doc)."""
     text, added = ensure_kube_proxy_jumps(text)
     ruleset = parse_iptables_save(text, file=file)
     ns = Namespace("node", kind="node", ip_forward=True)
-    ns.add_interface(Interface("eth0", [(ip(a), 32) for a in local_ips] or [(ip("169.254.0.1"), 32)]))
+    ns.add_interface(
+        Interface("eth0", [(ip(a), 32) for a in local_ips] or [(ip("169.254.0.1"), 32)])
+    )
     install_iptables(ns, ruleset)
     number = PROTO_NUMBERS[proto.lower()]
 
@@ -193,7 +243,9 @@ def iptables_trace(text: str, *, src: str, dst: str, dport: int, proto: str = "t
         explored.result.probability = explored.probability
         branches.append(explored.result)
     decided = [b for b in branches if b.verdict in ("DROP", "REJECT")]
-    dnat = [b.destination for b in branches if b.destination and b.verdict not in ("DROP", "REJECT")]
+    dnat = [
+        b.destination for b in branches if b.destination and b.verdict not in ("DROP", "REJECT")
+    ]
     if decided and not dnat:
         output, verdict = [decided[0].verdict or ""], decided[0].verdict or ""
     elif dnat:
@@ -202,6 +254,15 @@ def iptables_trace(text: str, *, src: str, dst: str, dport: int, proto: str = "t
         output, verdict = ["ACCEPT"], "ACCEPT"
     else:
         output, verdict = [], "NONE"
-    return IptablesTraceResult(src, dst, dport, proto.lower(), list(local_ips), output,
-                               any(b.masquerade for b in branches), verdict, branches, added)
-
+    return IptablesTraceResult(
+        src,
+        dst,
+        dport,
+        proto.lower(),
+        list(local_ips),
+        output,
+        any(b.masquerade for b in branches),
+        verdict,
+        branches,
+        added,
+    )

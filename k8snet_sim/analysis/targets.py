@@ -10,6 +10,7 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from k8snet_sim.cluster.model import ClusterState, Service, ServicePort
 from k8snet_sim.errors import UnknownEndpoint
@@ -117,26 +118,52 @@ def resolve_target(world: World, text: str) -> Target:
     if ref.kind == "service":
         svc, port = _service(state, ref, text)
         if svc.cluster_ip is None:
-            raise UnknownEndpoint(text, hint=f"{svc.key} is headless (clusterIP: None): target its pods")
-        return Target(text, "service", ip(svc.cluster_ip), port.port,
-                      PROTO_NUMBERS[port.protocol.lower()], svc, port)
+            raise UnknownEndpoint(
+                text, hint=f"{svc.key} is headless (clusterIP: None): target its pods"
+            )
+        return Target(
+            text,
+            "service",
+            ip(svc.cluster_ip),
+            port.port,
+            PROTO_NUMBERS[port.protocol.lower()],
+            svc,
+            port,
+        )
     if ref.kind == "nodeport":
         svc, port = _service(state, ref, text)
         if not port.node_port:
-            raise UnknownEndpoint(text, hint=f"{svc.key} ({svc.type}) has no nodePort for port {port.port}")
+            raise UnknownEndpoint(
+                text, hint=f"{svc.key} ({svc.type}) has no nodePort for port {port.port}"
+            )
         try:
             node = state.node(ref.node or "")
         except KeyError:
             raise UnknownEndpoint(text, hint=_known(world, "node")) from None
-        return Target(text, "nodeport", ip(node.address), port.node_port,
-                      PROTO_NUMBERS[port.protocol.lower()], svc, port, node=node.name)
+        return Target(
+            text,
+            "nodeport",
+            ip(node.address),
+            port.node_port,
+            PROTO_NUMBERS[port.protocol.lower()],
+            svc,
+            port,
+            node=node.name,
+        )
     if ref.kind == "loadbalancer":
         svc, port = _service(state, ref, text)
         if not svc.load_balancer_ips:
             why = svc.load_balancer_pending or f"{svc.key} is type {svc.type}"
             raise UnknownEndpoint(text, hint=f"no LoadBalancer IP: {why}")
-        return Target(text, "loadbalancer", ip(svc.load_balancer_ips[0]), port.port,
-                      PROTO_NUMBERS[port.protocol.lower()], svc, port)
+        return Target(
+            text,
+            "loadbalancer",
+            ip(svc.load_balancer_ips[0]),
+            port.port,
+            PROTO_NUMBERS[port.protocol.lower()],
+            svc,
+            port,
+        )
     if ref.kind == "http":
         return _http_target(world, ref, text)
     raise UnknownEndpoint(text)
@@ -164,18 +191,24 @@ def _http_target(world: World, ref: Ref, text: str) -> Target:
         if port is None:
             continue
         proto = PROTO_NUMBERS[port.protocol.lower()]
-        common = {"service": svc, "service_port": port, "http_host": ref.host,
-                  "http_path": ref.path or "/"}
+        common: dict[str, Any] = {
+            "service": svc,
+            "service_port": port,
+            "http_host": ref.host,
+            "http_path": ref.path or "/",
+        }
         if svc.load_balancer_ips:
             return Target(text, "http", ip(svc.load_balancer_ips[0]), port.port, proto, **common)
         if port.node_port and state.nodes:
             node = state.nodes[0]
-            return Target(text, "http", ip(node.address), port.node_port, proto, node=node.name,
-                          **common)
+            return Target(
+                text, "http", ip(node.address), port.node_port, proto, node=node.name, **common
+            )
         if svc.cluster_ip:
             return Target(text, "http", ip(svc.cluster_ip), port.port, proto, **common)
-    raise UnknownEndpoint(text, hint="no ingress controller (scenario ingressControllers:) serves "
-                          f"host {ref.host}")
+    raise UnknownEndpoint(
+        text, hint=f"no ingress controller (scenario ingressControllers:) serves host {ref.host}"
+    )
 
 
 def _container_port(pod: object, port: int | str | None, text: str) -> tuple[int, int]:

@@ -32,8 +32,15 @@ from k8snet_sim.sim.recorder import Hop, Recorder
 from k8snet_sim.sim.simulation import Simulation
 from k8snet_sim.sim.sockets import Message
 
-DISPOSITIONS = ("DELIVERED", "DROPPED", "REJECTED", "NO_ROUTE", "NO_LISTENER", "REPLY_LOST",
-                "TTL_EXCEEDED")
+DISPOSITIONS = (
+    "DELIVERED",
+    "DROPPED",
+    "REJECTED",
+    "NO_ROUTE",
+    "NO_LISTENER",
+    "REPLY_LOST",
+    "TTL_EXCEEDED",
+)
 
 
 @dataclass
@@ -109,8 +116,9 @@ def _request(target: Target, response_bytes: int = 1000) -> Message:
     return Message("request", 300, data)
 
 
-def _run_once(sim: Simulation, source_ns: str, target: Target, *,
-              settle: float = 0.05) -> tuple[Outcome, Recorder, int]:
+def _run_once(
+    sim: Simulation, source_ns: str, target: Target, *, settle: float = 0.05
+) -> tuple[Outcome, Recorder, int]:
     recorder = Recorder()
     sim.recorder = recorder
     cid = sim.next_conn_id()
@@ -146,8 +154,9 @@ def trace(sim: Simulation, source: str, target: str, *, explore_all: bool = True
     return result
 
 
-def possible_endpoints(sim: Simulation, source_ns: str, dest: Target, *,
-                       settle: float = 0.05) -> list[dict[str, Any]]:
+def possible_endpoints(
+    sim: Simulation, source_ns: str, dest: Target, *, settle: float = 0.05
+) -> list[dict[str, Any]]:
     """Every endpoint a new connection can reach from the current state, with its probability
     and its own verdict; each branch runs on its own fork of ``sim``.
 
@@ -242,8 +251,15 @@ def _endpoint(sim: Simulation, accepted: dict[str, Any] | None) -> dict[str, Any
     return {"ip": host, "port": int(port), "pod": accepted["pod"], "node": node}
 
 
-def _assemble(sim: Simulation, source: str, source_ns: str, dest: Target, outcome: Outcome,
-              recorder: Recorder, root: int) -> TraceResult:
+def _assemble(
+    sim: Simulation,
+    source: str,
+    source_ns: str,
+    dest: Target,
+    outcome: Outcome,
+    recorder: Recorder,
+    root: int,
+) -> TraceResult:
     chain = _chain(recorder, root)
     log = sorted(recorder.hops, key=lambda h: h.t)
     accepted = None
@@ -253,15 +269,24 @@ def _assemble(sim: Simulation, source: str, source_ns: str, dest: Target, outcom
             accepted = note
     endpoint = _endpoint(sim, accepted)
     disposition, reason = _classify(outcome, log, chain, recorder, source_ns, dest)
-    hops = sorted((h for cid in chain for h in (*_first_packet_hops(log, cid, 0),
-                                                 *_proxy_hops(log, cid))), key=lambda h: h.t)
-    reply_hops = sorted((h for cid in chain for h in _first_packet_hops(log, cid, 1)),
-                        key=lambda h: h.t)
+    hops = sorted(
+        (h for cid in chain for h in (*_first_packet_hops(log, cid, 0), *_proxy_hops(log, cid))),
+        key=lambda h: h.t,
+    )
+    reply_hops = sorted(
+        (h for cid in chain for h in _first_packet_hops(log, cid, 1)), key=lambda h: h.t
+    )
     connections = []
     for cid in chain:
         note = recorder.notes.get(cid, {}).get("accepted") or {}
-        connections.append({"id": cid, "acceptedBy": note.get("listener"),
-                            "address": note.get("address"), "peer": note.get("peer")})
+        connections.append(
+            {
+                "id": cid,
+                "acceptedBy": note.get("listener"),
+                "address": note.get("address"),
+                "peer": note.get("peer"),
+            }
+        )
     peer = accepted["peer"].rpartition(":")[0] if accepted else None
     state = sim.world.info.get("state")
     first = hops[0] if hops else None
@@ -297,14 +322,26 @@ def _service_info(dest: Target) -> dict[str, Any] | None:
     if dest.service is None or dest.service_port is None:
         return None
     p = dest.service_port
-    return {"name": dest.service.key, "type": dest.service.type, "port": p.port,
-            "targetPort": p.target_port, "nodePort": p.node_port or None,
-            "protocol": p.protocol, "clusterIP": dest.service.cluster_ip,
-            "externalTrafficPolicy": dest.service.external_traffic_policy}
+    return {
+        "name": dest.service.key,
+        "type": dest.service.type,
+        "port": p.port,
+        "targetPort": p.target_port,
+        "nodePort": p.node_port or None,
+        "protocol": p.protocol,
+        "clusterIP": dest.service.cluster_ip,
+        "externalTrafficPolicy": dest.service.external_traffic_policy,
+    }
 
 
-def _classify(outcome: Outcome, log: list[Hop], chain: list[int], recorder: Recorder,
-              source_ns: str, dest: Target) -> tuple[str, str]:
+def _classify(
+    outcome: Outcome,
+    log: list[Hop],
+    chain: list[int],
+    recorder: Recorder,
+    source_ns: str,
+    dest: Target,
+) -> tuple[str, str]:
     resp = outcome.response.data if outcome.response else {}
     status = resp.get("status")
     if outcome.ok and (status is None or int(status) < 400):
@@ -344,7 +381,10 @@ def _classify(outcome: Outcome, log: list[Hop], chain: list[int], recorder: Reco
         why = recorder.notes.get(chain[0], {}).get("ingress") or f"HTTP {status}"
         return "REJECTED", f"HTTP {status}: {why}"
     if outcome.status in ("reset", "closed"):
-        return "REJECTED", f"the connection was {'reset' if outcome.status == 'reset' else 'closed'} without a response"
+        return (
+            "REJECTED",
+            f"the connection was {outcome.status} without a response",
+        )
     if outcome.status == "timeout":
         return "DROPPED", f"no answer: {outcome.detail} (the packets were not seen failing)"
     return "DROPPED", outcome.detail or outcome.status
@@ -360,11 +400,12 @@ def _reply_lost_reason(stray: Hop, log: list[Hop], chain: set[int], dest: Target
             break
     reply_nodes = {h.node for h in log if h.conn_id == stray.conn_id and h.direction == 1}
     src = stray.packet.split(" ")[1] if " " in stray.packet else stray.packet
-    text = (f"the reply from {src} reached {stray.node}, which expected a reply from "
-            f"{dest.address}")
+    text = f"the reply from {src} reached {stray.node}, which expected a reply from {dest.address}"
     if dnat_at is not None and dnat_at not in reply_nodes:
-        text += (f"; it was never un-NATed because it did not return through {dnat_at}, "
-                 "where the DNAT happened")
+        text += (
+            f"; it was never un-NATed because it did not return through {dnat_at}, "
+            "where the DNAT happened"
+        )
     return text + f" — {stray.node} answered with a RST"
 
 

@@ -55,7 +55,9 @@ class Interface:
 
     def describe(self) -> str:
         addrs = ", ".join(f"{ip_str(a)}/{p}" for a, p in self.addresses) or "no address"
-        return f"{self.name} ({self.kind}) {addrs}" + (f" on {self.segment}" if self.segment else "")
+        return f"{self.name} ({self.kind}) {addrs}" + (
+            f" on {self.segment}" if self.segment else ""
+        )
 
 
 @dataclass

@@ -101,8 +101,19 @@ class Packet:
 
     def copy(self) -> Packet:
         return Packet(
-            self.src, self.dst, self.proto, self.sport, self.dport, self.flags, self.length,
-            self.ttl, self.icmp, self.payload, self.mark, self.conn_id, self.label,
+            self.src,
+            self.dst,
+            self.proto,
+            self.sport,
+            self.dport,
+            self.flags,
+            self.length,
+            self.ttl,
+            self.icmp,
+            self.payload,
+            self.mark,
+            self.conn_id,
+            self.label,
             dict(self.meta),
         )
 

@@ -32,7 +32,9 @@ class Route:
     src: int | None = None
     kind: str = "unicast"
     onlink: bool = False
-    origin: str = ""  # who installed it ("kernel", "scenario", "cni host-gw", "flannel"): for traces
+    origin: str = (
+        ""  # who installed it ("kernel", "scenario", "cni host-gw", "flannel"): for traces
+    )
 
     def __str__(self) -> str:
         dest = "default" if self.dest.prefix == 0 else str(self.dest)

@@ -44,6 +44,7 @@ UDP_TIMEOUT_STREAM = 120.0
 GENERIC_TIMEOUT = 600.0
 ICMP_TIMEOUT = 30.0
 
+
 @dataclass(slots=True)
 class ConntrackEntry:
     """One tracked connection. ``dnat``/``snat`` say which NAT bindings exist; ``*_done`` say

@@ -53,17 +53,27 @@ def choose_backend(ingresses: Sequence[IngressInfo], host: str, path: str) -> Ba
         for route in ing.routes:
             if not route.matches(host, path):
                 continue
-            rank = (_host_rank(route, host), len(route.path.rstrip("/")) if route.path != "/" else 0,
-                    1 if route.path_type == "Exact" else 0)
+            rank = (
+                _host_rank(route, host),
+                len(route.path.rstrip("/")) if route.path != "/" else 0,
+                1 if route.path_type == "Exact" else 0,
+            )
             if best is None or rank > best[0]:
                 best = (rank, ing, route)
     if best is not None:
         _, ing, route = best
-        return Backend(0, ing.key, route, route.service, route.port,
-                       f"Ingress {ing.key}: host {route.host or '*'} path {route.path} "
-                       f"({route.path_type})")
+        return Backend(
+            0,
+            ing.key,
+            route,
+            route.service,
+            route.port,
+            f"Ingress {ing.key}: host {route.host or '*'} path {route.path} ({route.path_type})",
+        )
     for ing in ingresses:
         if ing.default_backend is not None:
             service, port = ing.default_backend
             return Backend(0, ing.key, None, service, port, f"Ingress {ing.key}: default backend")
-    return Backend(404, reason=f"no Ingress rule matches {host}{path} and there is no default backend")
+    return Backend(
+        404, reason=f"no Ingress rule matches {host}{path} and there is no default backend"
+    )

@@ -30,10 +30,13 @@ def _hops(title: str, hops: list[Hop], t0: float) -> str:
         extra += "".join(f"<div style='color:#1f4e99'><b>⇒ {esc(r)}</b></div>" for r in h.rewrites)
         rows.append(
             f"<tr><td style='text-align:right'>{(h.t - t0) * 1e6:.1f}µs</td><td>{esc(h.node)}</td>"
-            f"<td>{esc(h.action)}{extra}</td><td><code>{esc(h.label)}: {esc(h.packet)}</code></td></tr>"
+            f"<td>{esc(h.action)}{extra}</td>"
+            f"<td><code>{esc(h.label)}: {esc(h.packet)}</code></td></tr>"
         )
-    return (f"<h4>{esc(title)}</h4><table><tr><th>t</th><th>namespace</th><th>what happened</th>"
-            f"<th>packet</th></tr>{''.join(rows)}</table>")
+    return (
+        f"<h4>{esc(title)}</h4><table><tr><th>t</th><th>namespace</th><th>what happened</th>"
+        f"<th>packet</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def trace_html(result: TraceResult) -> str:
@@ -45,8 +48,10 @@ def trace_html(result: TraceResult) -> str:
     ]
     if result.endpoint:
         ep = result.endpoint
-        parts.append(f"<div>endpoint: {esc(ep['pod'])} {esc(ep['ip'])}:{ep['port']} on {esc(ep['node'])};"
-                     f" source seen by backend: {esc(result.source_seen_by_backend)}</div>")
+        parts.append(
+            f"<div>endpoint: {esc(ep['pod'])} {esc(ep['ip'])}:{ep['port']} on {esc(ep['node'])};"
+            f" source seen by backend: {esc(result.source_seen_by_backend)}</div>"
+        )
     parts.append(_hops("request", result.hops, result.started_at))
     if result.reply_hops:
         parts.append(_hops("reply", result.reply_hops, result.started_at))
@@ -56,6 +61,8 @@ def trace_html(result: TraceResult) -> str:
             f"<td>{r['probability']:.4f}</td><td>{esc(r['disposition'])}</td></tr>"
             for r in result.possible_endpoints
         )
-        parts.append("<h4>possible endpoints</h4><table><tr><th>endpoint</th><th>pod</th>"
-                     f"<th>probability</th><th>verdict</th></tr>{rows}</table>")
+        parts.append(
+            "<h4>possible endpoints</h4><table><tr><th>endpoint</th><th>pod</th>"
+            f"<th>probability</th><th>verdict</th></tr>{rows}</table>"
+        )
     return "\n".join(parts)

@@ -11,14 +11,15 @@ Example
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
+import matplotlib.pyplot as plt
+import networkx as nx
 
 if TYPE_CHECKING:
     from k8snet_sim.analysis.trace import TraceResult
@@ -57,8 +58,12 @@ def layout(world: World) -> dict[str, tuple[float, float]]:
     nodes = tiers.get(3, [])
     for node in nodes:
         nx_, ny = pos[node]
-        pods = sorted(n for n, d in graph.nodes(data=True)
-                      if d.get("kind") == "pod" and world.namespaces[n].labels.get("node") == node.split("/", 1)[1])
+        pods = sorted(
+            n
+            for n, d in graph.nodes(data=True)
+            if d.get("kind") == "pod"
+            and world.namespaces[n].labels.get("node") == node.split("/", 1)[1]
+        )
         width = 10 / (len(nodes) + 1) * 0.8
         for j, pod in enumerate(pods):
             offset = (j - (len(pods) - 1) / 2) * (width / max(len(pods), 1))
@@ -75,8 +80,9 @@ def _path(hops: list[Hop]) -> list[str]:
     return out
 
 
-def draw_topology(world: World, result: TraceResult | None = None, *, ax: Any = None,
-                  title: str | None = None) -> Any:
+def draw_topology(
+    world: World, result: TraceResult | None = None, *, ax: Any = None, title: str | None = None
+) -> Any:
     """Draw the world; with ``result``, the request path in red and the reply path in blue."""
     graph = world.graph
     pos = layout(world)
@@ -86,8 +92,18 @@ def draw_topology(world: World, result: TraceResult | None = None, *, ax: Any = 
     nx.draw_networkx_edges(plain, pos, ax=ax, edge_color="#bdbdbd", width=1.2)
     vx = [(u, v) for u, v, d in graph.edges(data=True) if d.get("kind") == "vxlan"]
     if vx:
-        nx.draw_networkx_edges(graph, pos, edgelist=vx, ax=ax, edge_color="#bcbddc", style="dashed",
-                               width=0.8, connectionstyle="arc3,rad=0.2", arrows=True, arrowstyle="-")
+        nx.draw_networkx_edges(
+            graph,
+            pos,
+            edgelist=vx,
+            ax=ax,
+            edge_color="#bcbddc",
+            style="dashed",
+            width=0.8,
+            connectionstyle="arc3,rad=0.2",
+            arrows=True,
+            arrowstyle="-",
+        )
     for name, data in graph.nodes(data=True):
         kind = data.get("kind", "host")
         if kind == "segment" and data.get("segment_kind") == "bridge":
@@ -96,22 +112,48 @@ def draw_topology(world: World, result: TraceResult | None = None, *, ax: Any = 
         size = 1400 if kind == "node" else 900 if kind in ("host", "router", "lb") else 500
         if kind in ("segment", "bridge"):
             size = 2500 if kind == "segment" else 900
-        nx.draw_networkx_nodes(graph, pos, nodelist=[name], node_shape=marker, node_color=color,
-                               node_size=size, ax=ax, edgecolors="#444444" if kind not in ("segment", "bridge") else None,
-                               linewidths=1.0)
+        nx.draw_networkx_nodes(
+            graph,
+            pos,
+            nodelist=[name],
+            node_shape=marker,
+            node_color=color,
+            node_size=size,
+            ax=ax,
+            edgecolors="#444444" if kind not in ("segment", "bridge") else None,
+            linewidths=1.0,
+        )
         label = name.split("/", 1)[1] if "/" in name else name
         if kind == "pod":
             label = label.split("/", 1)[-1]
-        ax.annotate(label, pos[name], xytext=(0, -18 if kind != "segment" else 8),
-                    textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(
+            label,
+            pos[name],
+            xytext=(0, -18 if kind != "segment" else 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
     if result is not None:
-        for hops, color, rad in ((result.hops, REQUEST_COLOR, 0.15), (result.reply_hops, REPLY_COLOR, -0.15)):
+        for hops, color, rad in (
+            (result.hops, REQUEST_COLOR, 0.15),
+            (result.reply_hops, REPLY_COLOR, -0.15),
+        ):
             path = _path(hops)
-            edges = list(zip(path, path[1:], strict=False))
+            edges = list(itertools.pairwise(path))
             if edges:
-                nx.draw_networkx_edges(nx.DiGraph(edges), pos, edgelist=edges, ax=ax, edge_color=color,
-                                       width=2.5, arrows=True, arrowsize=18,
-                                       connectionstyle=f"arc3,rad={rad}", node_size=900)
+                nx.draw_networkx_edges(
+                    nx.DiGraph(edges),
+                    pos,
+                    edgelist=edges,
+                    ax=ax,
+                    edge_color=color,
+                    width=2.5,
+                    arrows=True,
+                    arrowsize=18,
+                    connectionstyle=f"arc3,rad={rad}",
+                    node_size=900,
+                )
         title = title or f"{result.source} → {result.target}: {result.disposition}"
         ax.plot([], [], color=REQUEST_COLOR, lw=2.5, label="request")
         ax.plot([], [], color=REPLY_COLOR, lw=2.5, label="reply")

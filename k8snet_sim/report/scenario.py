@@ -20,28 +20,63 @@ def validate_report(scenario: Any, world: Any) -> dict[str, Any]:
     state = build.state
     services = []
     for svc in state.services:
-        ports = [{"name": p.name, "protocol": p.protocol, "port": p.port,
-                  "targetPort": p.target_port, "nodePort": p.node_port} for p in svc.ports]
-        endpoints = {p.name or str(p.port): [e.address + ("" if e.ready else " (not ready)")
-                                             for e in state.endpoints_for(svc, p)] for p in svc.ports}
-        services.append({
-            "name": svc.key, "type": svc.type, "clusterIP": svc.cluster_ip, "ports": ports,
-            "externalIPs": list(svc.external_ips), "loadBalancerIPs": list(svc.load_balancer_ips),
-            "pending": svc.load_balancer_pending,
-            "externalTrafficPolicy": svc.external_traffic_policy,
-            "internalTrafficPolicy": svc.internal_traffic_policy,
-            "healthCheckNodePort": svc.health_check_node_port or None,
-            "sessionAffinity": svc.session_affinity, "endpoints": endpoints,
-        })
+        ports = [
+            {
+                "name": p.name,
+                "protocol": p.protocol,
+                "port": p.port,
+                "targetPort": p.target_port,
+                "nodePort": p.node_port,
+            }
+            for p in svc.ports
+        ]
+        endpoints = {
+            p.name or str(p.port): [
+                e.address + ("" if e.ready else " (not ready)") for e in state.endpoints_for(svc, p)
+            ]
+            for p in svc.ports
+        }
+        services.append(
+            {
+                "name": svc.key,
+                "type": svc.type,
+                "clusterIP": svc.cluster_ip,
+                "ports": ports,
+                "externalIPs": list(svc.external_ips),
+                "loadBalancerIPs": list(svc.load_balancer_ips),
+                "pending": svc.load_balancer_pending,
+                "externalTrafficPolicy": svc.external_traffic_policy,
+                "internalTrafficPolicy": svc.internal_traffic_policy,
+                "healthCheckNodePort": svc.health_check_node_port or None,
+                "sessionAffinity": svc.session_affinity,
+                "endpoints": endpoints,
+            }
+        )
     return {
         "name": scenario.name,
         "mode": scenario.mode,
         "cni": scenario.cluster.cni,
-        "nodes": [{"name": n.name, "address": n.address, "podCIDR": n.pod_cidr,
-                   "schedulable": n.schedulable} for n in state.nodes],
-        "pods": [{"name": p.key, "node": p.node, "ip": p.ip, "ready": p.ready,
-                  "ports": [f"{c.port}/{c.protocol}" + (f" ({c.name})" if c.name else "") for c in p.ports]}
-                 for p in state.pods],
+        "nodes": [
+            {
+                "name": n.name,
+                "address": n.address,
+                "podCIDR": n.pod_cidr,
+                "schedulable": n.schedulable,
+            }
+            for n in state.nodes
+        ],
+        "pods": [
+            {
+                "name": p.key,
+                "node": p.node,
+                "ip": p.ip,
+                "ready": p.ready,
+                "ports": [
+                    f"{c.port}/{c.protocol}" + (f" ({c.name})" if c.name else "") for c in p.ports
+                ],
+            }
+            for p in state.pods
+        ],
         "services": services,
         "namespaces": sorted(world.namespaces),
         "defaulted": list(scenario.defaulted),
@@ -61,8 +96,12 @@ def _ports_text(ports: list[dict[str, Any]]) -> str:
 
 
 def validate_view(report: dict[str, Any]) -> Group:
-    parts: list[Any] = [Text(f"{report['name']}: valid — kube-proxy mode {report['mode']}, "
-                             f"CNI {report['cni']}", style="bold green")]
+    parts: list[Any] = [
+        Text(
+            f"{report['name']}: valid — kube-proxy mode {report['mode']}, CNI {report['cni']}",
+            style="bold green",
+        )
+    ]
     nodes = Table(title="nodes", title_justify="left")
     for col in ("node", "address", "pod CIDR", "schedulable"):
         nodes.add_column(col)
@@ -73,7 +112,9 @@ def validate_view(report: dict[str, Any]) -> Group:
     for col in ("pod", "node", "IP", "ports", "ready"):
         pods.add_column(col)
     for p in report["pods"]:
-        pods.add_row(p["name"], p["node"], p["ip"], ", ".join(p["ports"]), "yes" if p["ready"] else "NO")
+        pods.add_row(
+            p["name"], p["node"], p["ip"], ", ".join(p["ports"]), "yes" if p["ready"] else "NO"
+        )
     parts.append(pods)
     svcs = Table(title="services", title_justify="left")
     for col in ("service", "type", "cluster IP", "ports", "external", "endpoints"):
@@ -83,10 +124,15 @@ def validate_view(report: dict[str, Any]) -> Group:
         if s["pending"]:
             ext = f"<pending: {s['pending']}>"
         eps = "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in s["endpoints"].items())
-        svcs.add_row(s["name"], s["type"], s["clusterIP"] or "None", _ports_text(s["ports"]), ext, eps)
+        svcs.add_row(
+            s["name"], s["type"], s["clusterIP"] or "None", _ports_text(s["ports"]), ext, eps
+        )
     parts.append(svcs)
-    for key, title in (("defaulted", "defaults applied"), ("ignored", "ignored (not interpreted)"),
-                       ("notes", "notes")):
+    for key, title in (
+        ("defaulted", "defaults applied"),
+        ("ignored", "ignored (not interpreted)"),
+        ("notes", "notes"),
+    ):
         if report[key]:
             parts.append(Text(f"{title}:", style="bold"))
             parts.extend(Text(f"  {line}") for line in report[key])

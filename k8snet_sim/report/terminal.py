@@ -39,8 +39,15 @@ def _hop_lines(title: str, hops: list[Hop], t0: float, *, details: bool = True) 
     """One block per hop: time, namespace and what it did; then rules, rewrites, the packet."""
     out = Text(f"{title}\n", style="bold underline")
     for h in hops:
-        style = {"drop": "red", "reject": "red", "no-route": "red", "stray": "yellow",
-                 "refused": "red", "ttl": "red", "proxy": "bold cyan"}.get(h.verdict, "")
+        style = {
+            "drop": "red",
+            "reject": "red",
+            "no-route": "red",
+            "stray": "yellow",
+            "refused": "red",
+            "ttl": "red",
+            "proxy": "bold cyan",
+        }.get(h.verdict, "")
         out.append(f"{fmt_time(h.t - t0):>10}  ", style="dim")
         out.append(f"{h.node}", style="cyan")
         out.append(f"  {h.action}\n", style=style)
@@ -60,39 +67,59 @@ def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) 
     style = VERDICT_STYLE.get(result.disposition, "bold red")
     head = Text()
     head.append(f"{result.source} → {result.target}", style="bold")
-    head.append(f"  ({result.destination} {result.protocol}, mode {result.mode}, seed {result.seed})\n",
-                style="dim")
+    head.append(
+        f"  ({result.destination} {result.protocol}, mode {result.mode}, seed {result.seed})\n",
+        style="dim",
+    )
     head.append(f"{result.disposition}", style=style)
     head.append(f"  reachable={str(result.reachable).lower()}  ")
     head.append(result.reason)
     parts: list = [head]
     if result.service:
         sv = result.service
-        mapping = f"service {sv['name']} ({sv['type']}): port {sv['port']} → targetPort {sv['targetPort']}"
+        mapping = (
+            f"service {sv['name']} ({sv['type']}): "
+            f"port {sv['port']} → targetPort {sv['targetPort']}"
+        )
         if sv.get("nodePort"):
-            mapping += f", nodePort {sv['nodePort']} (externalTrafficPolicy {sv['externalTrafficPolicy']})"
+            mapping += (
+                f", nodePort {sv['nodePort']} (externalTrafficPolicy {sv['externalTrafficPolicy']})"
+            )
         if result.http_status is not None:
             mapping += f"; HTTP {result.http_status}"
         parts.append(Text(mapping, style="dim"))
     if result.endpoint:
         ep = result.endpoint
-        seen = f", source seen by backend {result.source_seen_by_backend}" if result.source_seen_by_backend else ""
-        parts.append(Text(f"endpoint: {ep['pod']} {ep['ip']}:{ep['port']} on node {ep['node']}{seen}"))
+        seen = (
+            f", source seen by backend {result.source_seen_by_backend}"
+            if result.source_seen_by_backend
+            else ""
+        )
+        parts.append(
+            Text(f"endpoint: {ep['pod']} {ep['ip']}:{ep['port']} on node {ep['node']}{seen}")
+        )
     parts.append(_hop_lines("request (first packet)", result.hops, t0, details=details))
     if result.reply_hops:
-        parts.append(_hop_lines("reply (first packet back)", result.reply_hops, t0, details=details))
+        parts.append(
+            _hop_lines("reply (first packet back)", result.reply_hops, t0, details=details)
+        )
     if log:
         parts.append(_hop_lines("every packet", result.log, t0, details=details))
     if result.possible_endpoints:
-        table = Table(title="possible endpoints (every branch of the random choices)",
-                      title_justify="left")
+        table = Table(
+            title="possible endpoints (every branch of the random choices)", title_justify="left"
+        )
         for col in ("endpoint", "pod", "probability", "verdict", "source seen"):
             table.add_column(col)
         for row in result.possible_endpoints:
             where = f"{row['ip']}:{row['port']}" if row["ip"] else "—"
-            table.add_row(where, row["pod"] or "—", f"{row['probability']:.4f}",
-                          Text(row["disposition"], style=VERDICT_STYLE.get(row["disposition"], "red")),
-                          row.get("sourceSeenByBackend") or "—")
+            table.add_row(
+                where,
+                row["pod"] or "—",
+                f"{row['probability']:.4f}",
+                Text(row["disposition"], style=VERDICT_STYLE.get(row["disposition"], "red")),
+                row.get("sourceSeenByBackend") or "—",
+            )
         parts.append(table)
     return Group(*parts)
 
@@ -124,15 +151,30 @@ def print_check(result: CheckResult, console: Console | None = None) -> None:
 def print_comparison(result: ModeComparison, console: Console | None = None) -> None:
     """One row per kube-proxy mode, then the reasons for failures."""
     console = console or Console()
-    table = Table(title=f"{result.scenario}: {result.source} → {result.target}", title_justify="left")
-    for col in ("mode", "reachable", "endpoints (probability)", "source seen by backend",
-                "first packet: rules / lookups", "hops", "connections"):
+    table = Table(
+        title=f"{result.scenario}: {result.source} → {result.target}", title_justify="left"
+    )
+    for col in (
+        "mode",
+        "reachable",
+        "endpoints (probability)",
+        "source seen by backend",
+        "first packet: rules / lookups",
+        "hops",
+        "connections",
+    ):
         table.add_column(col)
     style = {"all": "bold green", "partial": "bold yellow", "none": "bold red", "error": "red"}
     for r in result.rows:
-        table.add_row(r.mode, Text(r.reachable, style=style.get(r.reachable, "")),
-                      "\n".join(r.endpoints) or "—", ", ".join(r.source_seen) or "—",
-                      f"{r.rules_walked} / {r.map_lookups}", str(r.hops), str(r.connections))
+        table.add_row(
+            r.mode,
+            Text(r.reachable, style=style.get(r.reachable, "")),
+            "\n".join(r.endpoints) or "—",
+            ", ".join(r.source_seen) or "—",
+            f"{r.rules_walked} / {r.map_lookups}",
+            str(r.hops),
+            str(r.connections),
+        )
     console.print(table)
     for r in result.rows:
         for failure in r.failures:
@@ -141,19 +183,30 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
             console.print(Text(f"  {r.mode}: {r.reason}", style="red"))
 
 
-def print_iptables_trace(result: IptablesTraceResult, console: Console | None = None, *,
-                         verbose: bool = False) -> None:
+def print_iptables_trace(
+    result: IptablesTraceResult, console: Console | None = None, *, verbose: bool = False
+) -> None:
     console = console or Console()
     console.print(Text(result.summary(), style="bold"))
     console.print(f"output: {', '.join(result.output) or '(nothing matched)'}")
     console.print(f"masquerade: {str(result.masquerade).lower()}")
     if result.added_jumps:
-        console.print(Text(f"(added {len(result.added_jumps)} jump rules kube-proxy installs in the "
-                           "builtin chains: the dump had none)", style="dim"))
+        console.print(
+            Text(
+                f"(added {len(result.added_jumps)} jump rules kube-proxy installs in the "
+                "builtin chains: the dump had none)",
+                style="dim",
+            )
+        )
     for i, b in enumerate(result.branches, 1):
-        outcome = b.verdict or (f"DNAT → {b.destination}" if b.destination else "accepted, not translated")
-        line = Text(f"  branch {i} (p={b.probability:.4f}): {outcome}"
-                    + (", masqueraded" if b.masquerade else "") + f"  [{' → '.join(b.path)}]")
+        outcome = b.verdict or (
+            f"DNAT → {b.destination}" if b.destination else "accepted, not translated"
+        )
+        line = Text(
+            f"  branch {i} (p={b.probability:.4f}): {outcome}"
+            + (", masqueraded" if b.masquerade else "")
+            + f"  [{' → '.join(b.path)}]"
+        )
         console.print(line)
         if verbose:
             for event in b.events:

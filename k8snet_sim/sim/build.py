@@ -90,15 +90,23 @@ def _ingress_controllers(scenario: Any, build: Any) -> dict[str, IngressControll
         ingresses = [i for i in build.ingresses if i.class_name == spec.class_name]
         for pod in build.state.pods:
             if pod.namespace == namespace and pod.owner == f"Deployment/{name}":
-                apps[pod.key] = IngressController(pod.key, spec.class_name, ingresses,
-                                                  build.state, spec.upstream)
+                apps[pod.key] = IngressController(
+                    pod.key, spec.class_name, ingresses, build.state, spec.upstream
+                )
     return apps
 
 
 def _subnets(world: World, scenario: Any) -> None:
     for s in scenario.network.subnets:
-        world.add_segment(Segment(s.name, bandwidth_bps=s.bandwidth, latency_s=s.latency,
-                                  buffer_packets=s.buffer_packets, kind="lan"))
+        world.add_segment(
+            Segment(
+                s.name,
+                bandwidth_bps=s.bandwidth,
+                latency_s=s.latency,
+                buffer_packets=s.buffer_packets,
+                kind="lan",
+            )
+        )
         world.graph.nodes[f"segment/{s.name}"]["cidr"] = s.cidr
 
 
@@ -119,11 +127,14 @@ def _add_routes(ns: Namespace, routes: list[Any]) -> None:
 
 def _routers(world: World, scenario: Any) -> None:
     for spec in scenario.network.routers:
-        ns = world.add_namespace(Namespace(f"router/{spec.name}", kind="router",
-                                           ip_forward=spec.ip_forward))
+        ns = world.add_namespace(
+            Namespace(f"router/{spec.name}", kind="router", ip_forward=spec.ip_forward)
+        )
         for i, iface in enumerate(spec.interfaces):
             name = f"eth{i}"
-            ns.add_interface(Interface(name, [(ip(iface.address), _prefix_of(scenario, iface.subnet))]))
+            ns.add_interface(
+                Interface(name, [(ip(iface.address), _prefix_of(scenario, iface.subnet))])
+            )
             world.connect(ns, name, iface.subnet)
         _add_routes(ns, spec.routes)
         if spec.default_route:
@@ -146,8 +157,9 @@ def _hosts(world: World, scenario: Any) -> None:
 
 
 def _node(world: World, node: Node, spec: Any, scenario: Any) -> None:
-    ns = world.add_namespace(Namespace(node_ns(node.name), kind="node", ip_forward=spec.ip_forward,
-                                       cores=spec.cpus))
+    ns = world.add_namespace(
+        Namespace(node_ns(node.name), kind="node", ip_forward=spec.ip_forward, cores=spec.cpus)
+    )
     ns.labels["node"] = node.name
     ns.add_interface(Interface("eth0", [(ip(node.address), _prefix_of(scenario, node.subnet))]))
     world.connect(ns, "eth0", node.subnet)
@@ -155,9 +167,16 @@ def _node(world: World, node: Node, spec: Any, scenario: Any) -> None:
         _add_routes(ns, [_Route("0.0.0.0/0", node.gateway)])
     # cni0: the node's port on its pods' bridge, holding the pod CIDR's first address.
     pod_net = Cidr.parse(node.pod_cidr)
-    bridge = world.add_segment(Segment(f"cni0@{node.name}", bandwidth_bps=VETH_BANDWIDTH_BPS,
-                                       latency_s=VETH_LATENCY_S, kind="bridge",
-                                       owner=ns.name, owner_iface="cni0"))
+    bridge = world.add_segment(
+        Segment(
+            f"cni0@{node.name}",
+            bandwidth_bps=VETH_BANDWIDTH_BPS,
+            latency_s=VETH_LATENCY_S,
+            kind="bridge",
+            owner=ns.name,
+            owner_iface="cni0",
+        )
+    )
     ns.add_interface(Interface("cni0", [(pod_net.host(1), pod_net.prefix)], kind="bridge"))
     world.connect(ns, "cni0", bridge.name)
 
@@ -169,18 +188,29 @@ def _cni(world: World, state: ClusterState, cni: str) -> None:
         ns = world.namespaces[node_ns(node.name)]
         if cni == "vxlan":
             pod_net = Cidr.parse(node.pod_cidr)
-            ns.add_interface(Interface("flannel.1", [(pod_net.network, 32)], kind="vxlan", mtu=1450))
+            ns.add_interface(
+                Interface("flannel.1", [(pod_net.network, 32)], kind="vxlan", mtu=1450)
+            )
             world.vxlans[ns.name] = Vxlan("flannel.1", ip(node.address))
         for other in state.nodes:
             if other.name == node.name:
                 continue
             other_net = Cidr.parse(other.pod_cidr)
             if cni == "vxlan":
-                ns.routes.add(Route(other_net, dev="flannel.1", via=other_net.network, onlink=True,
-                                    origin="flannel vxlan"))
+                ns.routes.add(
+                    Route(
+                        other_net,
+                        dev="flannel.1",
+                        via=other_net.network,
+                        onlink=True,
+                        origin="flannel vxlan",
+                    )
+                )
                 world.vxlans[ns.name].fdb[other_net.network] = ip(other.address)
             elif other.subnet == node.subnet:
-                ns.routes.add(Route(other_net, dev="eth0", via=ip(other.address), origin="cni host-gw"))
+                ns.routes.add(
+                    Route(other_net, dev="eth0", via=ip(other.address), origin="cni host-gw")
+                )
         if cni == "vxlan":
             for other in state.nodes:
                 if other.name != node.name:
@@ -192,7 +222,9 @@ def _pod(world: World, state: ClusterState, pod: Any, controller: Any = None) ->
     if pod.host_network:
         target = node_ns(node.name)
     else:
-        ns = world.add_namespace(Namespace(pod_ns(pod.key), kind="pod", cpu_owner=node_ns(node.name)))
+        ns = world.add_namespace(
+            Namespace(pod_ns(pod.key), kind="pod", cpu_owner=node_ns(node.name))
+        )
         ns.labels.update(node=node.name, pod=pod.key)
         pod_net = Cidr.parse(node.pod_cidr)
         ns.add_interface(Interface("eth0", [(ip(pod.ip), pod_net.prefix)]))
@@ -205,5 +237,7 @@ def _pod(world: World, state: ClusterState, pod: Any, controller: Any = None) ->
     kind = f"ingress controller {pod.key}" if controller is not None else pod.key
     for port in pod.ports:
         proto = PROTO_NUMBERS[port.protocol.lower()]
-        world.listen(target, Listener(proto, port.port, server,
-                                      name=f"{kind}:{port.name or port.port}", pod=owner))
+        world.listen(
+            target,
+            Listener(proto, port.port, server, name=f"{kind}:{port.name or port.port}", pod=owner),
+        )

@@ -108,6 +108,6 @@ def explore(run: Callable[[ScriptedChooser], T], *, limit: int = 4096) -> list[B
             prefix = [x.chosen for x in chooser.decisions[:j]]
             for k, w in enumerate(d.weights):
                 if k != d.chosen and w > 0:
-                    alternatives.append(prefix + [k])
+                    alternatives.append([*prefix, k])
         stack.extend(reversed(alternatives))
     return results

@@ -44,10 +44,20 @@ class HealthCheckServer:
     def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
         if message.kind != "request":
             return
-        send_message(sim, conn, Message("response", 120, {
-            "status": self.status(), "service": self.service,
-            "localEndpoints": self.local_endpoints, "serviceProxyHealthy": True,
-        }))
+        send_message(
+            sim,
+            conn,
+            Message(
+                "response",
+                120,
+                {
+                    "status": self.status(),
+                    "service": self.service,
+                    "localEndpoints": self.local_endpoints,
+                    "serviceProxyHealthy": True,
+                },
+            ),
+        )
 
     def on_closed(self, sim: Simulation, conn: Endpoint, reason: str) -> None:
         return None
@@ -56,13 +66,26 @@ class HealthCheckServer:
 def install_health_servers(world: World, state: ClusterState, node: str) -> None:
     """kube-proxy's healthz and healthCheckNodePort listeners on ``node``."""
     ns = f"node/{node}"
-    world.listen(ns, Listener(TCP, HEALTHZ_PORT, HealthCheckServer("kube-proxy", 1),
-                              name="kube-proxy healthz"))
+    world.listen(
+        ns,
+        Listener(TCP, HEALTHZ_PORT, HealthCheckServer("kube-proxy", 1), name="kube-proxy healthz"),
+    )
     for svc in state.services:
         hcnp = health_check_node_port(svc)
         if not hcnp:
             continue
-        local = {e.ip for p in svc.ports for e in state.endpoints_for(svc, p)
-                 if e.node_name == node and e.ready}
-        world.listen(ns, Listener(TCP, hcnp, HealthCheckServer(svc.key, len(local)),
-                                  name=f"kube-proxy health check {svc.key}"))
+        local = {
+            e.ip
+            for p in svc.ports
+            for e in state.endpoints_for(svc, p)
+            if e.node_name == node and e.ready
+        }
+        world.listen(
+            ns,
+            Listener(
+                TCP,
+                hcnp,
+                HealthCheckServer(svc.key, len(local)),
+                name=f"kube-proxy health check {svc.key}",
+            ),
+        )

@@ -33,8 +33,14 @@ if TYPE_CHECKING:
 class IngressController:
     """The L7 proxy of one controller pod (shared by all its connections)."""
 
-    def __init__(self, pod: str, class_name: str, ingresses: list[IngressInfo],
-                 state: ClusterState, upstream: str) -> None:
+    def __init__(
+        self,
+        pod: str,
+        class_name: str,
+        ingresses: list[IngressInfo],
+        state: ClusterState,
+        upstream: str,
+    ) -> None:
         self.pod = pod
         self.ns = f"pod/{pod}"
         self.class_name = class_name
@@ -58,7 +64,9 @@ class IngressController:
         decision = choose_backend(self.ingresses, host, path)
         head = f"ingress ({self.class_name}) {self.pod}: {method} {host}{path}"
         if decision.status:
-            self._answer(sim, conn, decision.status, f"{head} → HTTP {decision.status}: {decision.reason}")
+            self._answer(
+                sim, conn, decision.status, f"{head} → HTTP {decision.status}: {decision.reason}"
+            )
             return
         svc = self.state.service(*(decision.service or "/").split("/", 1))
         port = svc.find_port(decision.port if decision.port is not None else "") if svc else None
@@ -67,19 +75,35 @@ class IngressController:
             return
         proto = PROTO_NUMBERS[port.protocol.lower()]
         if self.upstream == "service" and svc.cluster_ip:
-            target, target_text = (ip(svc.cluster_ip), port.port), f"ClusterIP {svc.cluster_ip}:{port.port}"
+            target, target_text = (
+                (ip(svc.cluster_ip), port.port),
+                f"ClusterIP {svc.cluster_ip}:{port.port}",
+            )
         else:
             ready = [e for e in self.state.endpoints_for(svc, port) if e.ready]
             if not ready:
-                self._answer(sim, conn, 503, f"{head} matched {decision.reason} → HTTP 503: "
-                             f"{svc.key} has no ready endpoints")
+                self._answer(
+                    sim,
+                    conn,
+                    503,
+                    f"{head} matched {decision.reason} → HTTP 503: "
+                    f"{svc.key} has no ready endpoints",
+                )
                 return
-            apps = sim.state(self.ns).apps.setdefault(f"ingress {svc.key}:{port.port}", {"index": 0})
-            i = sim.chooser.pick(len(ready), apps["index"] % len(ready), f"ingress {svc.key} round-robin")
+            apps = sim.state(self.ns).apps.setdefault(
+                f"ingress {svc.key}:{port.port}", {"index": 0}
+            )
+            i = sim.chooser.pick(
+                len(ready), apps["index"] % len(ready), f"ingress {svc.key} round-robin"
+            )
             apps["index"] = (i + 1) % len(ready)
             target, target_text = (ip(ready[i].ip), ready[i].port), f"endpoint {ready[i].address}"
-        self._note(sim, conn, f"{head} matched {decision.reason} → {svc.key}:{port.port} → {target_text}",
-                   "proxy")
+        self._note(
+            sim,
+            conn,
+            f"{head} matched {decision.reason} → {svc.key}:{port.port} → {target_text}",
+            "proxy",
+        )
         leg = _Upstream(self, conn, message)
         connect(sim, self.ns, target[0], target[1], proto, leg, parent=conn.conn_id)
 
@@ -89,8 +113,18 @@ class IngressController:
 
     def _note(self, sim: Simulation, conn: Endpoint, action: str, verdict: str) -> None:
         if sim.recorder is not None and conn.conn_id in sim.recorder.conn_ids:
-            sim.recorder.add(Hop(t=sim.env.now, node=self.ns, action=action, packet="",
-                                 label="proxy", conn_id=conn.conn_id, direction=0, verdict=verdict))
+            sim.recorder.add(
+                Hop(
+                    t=sim.env.now,
+                    node=self.ns,
+                    action=action,
+                    packet="",
+                    label="proxy",
+                    conn_id=conn.conn_id,
+                    direction=0,
+                    verdict=verdict,
+                )
+            )
             sim.recorder.note(conn.conn_id, ingress=action)
 
     def on_closed(self, sim: Simulation, conn: Endpoint, reason: str) -> None:
@@ -124,5 +158,12 @@ class _Upstream:
             return
         self.answered = True
         # ingress-nginx answers 502 when the upstream connection fails.
-        send_message(sim, self.client, Message("response", 150, {
-            "status": 502, "via": self.controller.pod, "upstreamError": reason}))
+        send_message(
+            sim,
+            self.client,
+            Message(
+                "response",
+                150,
+                {"status": 502, "via": self.controller.pod, "upstreamError": reason},
+            ),
+        )

@@ -31,10 +31,9 @@ from k8snet_sim.net.addr import Cidr, ip, ip_str
 from k8snet_sim.net.link import Interface
 from k8snet_sim.net.packet import PROTO_NUMBERS, TCP
 from k8snet_sim.net.routing import Route
-from k8snet_sim.netfilter.context import ACCEPTED, HookResult, RuleEvent, Verdict
+from k8snet_sim.netfilter.context import ACCEPTED, Hook, HookResult, RuleEvent, Verdict
 from k8snet_sim.netfilter.hooks import PRI_NAT_DST, PRI_NAT_SRC, Skb
 from k8snet_sim.netfilter.nat import install_conntrack
-from k8snet_sim.netfilter.context import Hook
 from k8snet_sim.proxy.topology import external_policy_local, health_check_node_port
 from k8snet_sim.sim.health import HEALTHZ_PORT
 from k8snet_sim.sim.namespace import Namespace
@@ -51,8 +50,14 @@ def elect_speaker(candidates: list[str], address: str) -> str | None:
 
 
 def _local_ready_nodes(state: ClusterState, svc: Service) -> list[str]:
-    return sorted({e.node_name for p in svc.ports for e in state.endpoints_for(svc, p)
-                   if e.ready and e.node_name})
+    return sorted(
+        {
+            e.node_name
+            for p in svc.ports
+            for e in state.endpoints_for(svc, p)
+            if e.ready and e.node_name
+        }
+    )
 
 
 def _subnet_of(scenario: Any, address: str) -> Any:
@@ -73,11 +78,16 @@ def announce_metallb(world: World, state: ClusterState, scenario: Any) -> None:
                 ready = set(_local_ready_nodes(state, svc))
                 nodes = [n for n in nodes if n in ready]
             speaker = elect_speaker(nodes, vip)
-            entry = {"provider": "metallb-l2", "ip": vip, "announcedBy": speaker,
-                     "candidates": nodes}
+            entry = {
+                "provider": "metallb-l2",
+                "ip": vip,
+                "announcedBy": speaker,
+                "candidates": nodes,
+            }
             if speaker is None:
-                entry["problem"] = ("no node may announce it (no node on its subnet"
-                                    + (" with a ready local endpoint)" if external_policy_local(svc) else ")"))
+                entry["problem"] = "no node may announce it (no node on its subnet" + (
+                    " with a ready local endpoint)" if external_policy_local(svc) else ")"
+                )
             else:
                 world.segments[subnet.name].claim(ip(vip), f"node/{speaker}", "eth0")
             status.setdefault(svc.key, []).append(entry)
@@ -104,17 +114,28 @@ class CloudLoadBalancer:
             return ACCEPTED
         if self.source_ranges and not any(c.contains(pkt.src) for c in self.source_ranges):
             ctx.record(RuleEvent("cloud-lb", self.service, "firewall", effect="DROP"))
-            return HookResult(Verdict.DROP, f"cloud load balancer {self.service}: source "
-                              f"{ip_str(pkt.src)} not in loadBalancerSourceRanges")
+            return HookResult(
+                Verdict.DROP,
+                f"cloud load balancer {self.service}: source "
+                f"{ip_str(pkt.src)} not in loadBalancerSourceRanges",
+            )
         if not self.healthy:
-            return HookResult(Verdict.DROP, f"cloud load balancer {self.service}: no healthy "
-                              f"node (probes: {self._probe_text()})")
+            return HookResult(
+                Verdict.DROP,
+                f"cloud load balancer {self.service}: no healthy "
+                f"node (probes: {self._probe_text()})",
+            )
         assert ctx.nat is not None
         i = ctx.chooser.choose([1.0] * len(self.healthy), f"cloud LB {self.service} node")
         name, address = self.healthy[i]
-        ctx.record(RuleEvent("cloud-lb", self.service,
-                             f"healthy nodes: {', '.join(n for n, _ in self.healthy)}",
-                             effect=f"node {name} NodePort {node_port}"))
+        ctx.record(
+            RuleEvent(
+                "cloud-lb",
+                self.service,
+                f"healthy nodes: {', '.join(n for n, _ in self.healthy)}",
+                effect=f"node {name} NodePort {node_port}",
+            )
+        )
         ctx.nat.dnat(address, node_port)
         return ACCEPTED
 
@@ -127,9 +148,13 @@ class CloudLoadBalancer:
         return ", ".join(f"{n}: {r}" for n, r in self.probes.items())
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": "cloud", "ip": ", ".join(ip_str(v) for v in self.vips),
-                "healthCheck": f"{self.health_path} on port {self.health_port}",
-                "probes": dict(self.probes), "healthyNodes": [n for n, _ in self.healthy]}
+        return {
+            "provider": "cloud",
+            "ip": ", ".join(ip_str(v) for v in self.vips),
+            "healthCheck": f"{self.health_path} on port {self.health_port}",
+            "probes": dict(self.probes),
+            "healthyNodes": [n for n, _ in self.healthy],
+        }
 
 
 def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[CloudLoadBalancer]:
@@ -140,9 +165,13 @@ def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[Cl
             continue
         subnet = _subnet_of(scenario, svc.load_balancer_ips[0])
         if subnet is None:
-            world.info.setdefault("loadBalancers", {})[svc.key] = [{
-                "provider": "cloud", "ip": svc.load_balancer_ips[0],
-                "problem": "the address is on no subnet of the scenario"}]
+            world.info.setdefault("loadBalancers", {})[svc.key] = [
+                {
+                    "provider": "cloud",
+                    "ip": svc.load_balancer_ips[0],
+                    "problem": "the address is on no subnet of the scenario",
+                }
+            ]
             continue
         prefix = Cidr.parse(subnet.cidr).prefix
         ns = world.add_namespace(Namespace(f"lb/{svc.key}", kind="lb", ip_forward=True))
@@ -150,19 +179,30 @@ def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[Cl
         world.connect(ns, "eth0", subnet.name)
         gateway = _gateway_on(scenario, subnet.name)
         if gateway is not None:
-            ns.routes.add(Route(Cidr.parse("0.0.0.0/0"), dev="eth0", via=ip(gateway), origin="cloud"))
+            ns.routes.add(
+                Route(Cidr.parse("0.0.0.0/0"), dev="eth0", via=ip(gateway), origin="cloud")
+            )
         hcnp = health_check_node_port(svc)
         device = CloudLoadBalancer(
-            service=svc.key, vips=[ip(v) for v in svc.load_balancer_ips],
-            ports={(PROTO_NUMBERS[p.protocol.lower()], p.port): p.node_port for p in svc.ports if p.node_port},
+            service=svc.key,
+            vips=[ip(v) for v in svc.load_balancer_ips],
+            ports={
+                (PROTO_NUMBERS[p.protocol.lower()], p.port): p.node_port
+                for p in svc.ports
+                if p.node_port
+            },
             source_ranges=[Cidr.parse(r.strip()) for r in svc.load_balancer_source_ranges],
             nodes=[(n.name, ip(n.address)) for n in state.nodes],
-            health_port=hcnp or HEALTHZ_PORT, health_path="/" if hcnp else "/healthz",
+            health_port=hcnp or HEALTHZ_PORT,
+            health_path="/" if hcnp else "/healthz",
         )
-        install_conntrack(ns.stack, {
-            Hook.PREROUTING: (PRI_NAT_DST, "cloud-lb", device.prerouting),
-            Hook.POSTROUTING: (PRI_NAT_SRC, "cloud-lb", device.postrouting),
-        })
+        install_conntrack(
+            ns.stack,
+            {
+                Hook.PREROUTING: (PRI_NAT_DST, "cloud-lb", device.prerouting),
+                Hook.POSTROUTING: (PRI_NAT_SRC, "cloud-lb", device.postrouting),
+            },
+        )
         devices.append(device)
     return devices
 
@@ -186,10 +226,18 @@ def health_check(world: World, devices: list[CloudLoadBalancer]) -> None:
         sim = Simulation(world, seed=0)
         probes = []
         for name, address in device.nodes:
-            client = RequestClient(sim, Message("request", 80, {"method": "GET",
-                                                                "path": device.health_path}))
-            connect(sim, f"lb/{device.service}", address, device.health_port, TCP, client,
-                    src=device.vips[0])
+            client = RequestClient(
+                sim, Message("request", 80, {"method": "GET", "path": device.health_path})
+            )
+            connect(
+                sim,
+                f"lb/{device.service}",
+                address,
+                device.health_port,
+                TCP,
+                client,
+                src=device.vips[0],
+            )
             probes.append((name, address, client))
         sim.run(until=10.0)
         for name, address, client in probes:
