@@ -250,8 +250,13 @@ def test_mark_event_reads_naturally() -> None:
     ctx = context(Hook.PREROUTING)
     rules.run("nat", Hook.PREROUTING, packet(), ctx)
     assert ctx.events == [
-        RuleEvent("nat", "PREROUTING", "-A PREROUTING -j MARK --or-mark 0x4000", "",
-                  "MARK or 0x4000 → 0x4000")  # fmt: skip
+        RuleEvent(
+            "nat",
+            "PREROUTING",
+            "-A PREROUTING -j MARK --or-mark 0x4000",
+            "",
+            "MARK or 0x4000 → 0x4000",
+        )
     ]
 
 
@@ -299,7 +304,7 @@ def test_nat_targets_call_nat_actions_and_accept(
 
 
 def test_nat_target_without_nat_actions_is_an_error() -> None:
-    with pytest.raises(RulesError, match="ctx.nat is None"):
+    with pytest.raises(RulesError, match=r"ctx\.nat is None"):
         parse_iptables_save(NAT_TEXT).run("nat", Hook.PREROUTING, packet(), context())
 
 
@@ -350,7 +355,8 @@ COMMIT
         # goto B then falling off B returns to INPUT (A's REJECT is skipped).
         (Hook.INPUT, {"src": "10.0.0.4"}, Verdict.ACCEPT, 7, ["jump A", "goto B", "ACCEPT"]),
         # jump B then falling off B returns to A, whose REJECT applies.
-        (Hook.INPUT, {"src": "10.0.0.5"}, Verdict.REJECT, 8, ["jump A", "jump B", "REJECT (icmp-port-unreachable)"]),
+        (Hook.INPUT, {"src": "10.0.0.5"}, Verdict.REJECT, 8,
+         ["jump A", "jump B", "REJECT (icmp-port-unreachable)"]),
         (Hook.INPUT, {"src": "11.0.0.5", "dst": "9.9.9.9"}, Verdict.DROP, 8,
          ["jump A", "policy DROP"]),
         # goto from a builtin chain: falling off the user chain applies the policy ("-": ACCEPT).
@@ -584,7 +590,7 @@ AFFINITY = """*nat
 -A KUBE-SEP-1 -m recent --name KUBE-SEP-1 --set -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
 -A KUBE-SEP-2 -m recent --name KUBE-SEP-2 --set -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80
 COMMIT
-"""  # noqa: E501
+"""
 
 
 def test_client_ip_affinity_sticks_until_the_timeout() -> None:
@@ -608,14 +614,15 @@ def test_client_ip_affinity_sticks_until_the_timeout() -> None:
 
 def _branches(run: Any) -> list[Any]:
     """Run once per path through the random decisions, depth first, "match" before "not"."""
-    results, todo = [], [[]]
+    results: list[Any] = []
+    todo: list[list[int]] = [[]]
     while todo:
         prefix = todo.pop()
         chooser = Script(*prefix)
         results.append(run(chooser))
         answers = prefix + [0] * (len(chooser.asked) - len(prefix))
         for k in range(len(prefix), len(answers)):  # deepest alternative is popped first
-            todo.extend(answers[:k] + [alt] for alt in range(len(chooser.asked[k][0]) - 1, 0, -1))
+            todo.extend([*answers[:k], alt] for alt in range(len(chooser.asked[k][0]) - 1, 0, -1))
     return results
 
 
@@ -637,10 +644,17 @@ def upstream_trace(rules: IptablesRuleset, src: str, dst: str, dport: int) -> tu
             outputs.append(dnat)
         masq = masq or bool(mark & 0x4000)
     routed_to = outputs[0].split(":")[0] if outputs else dst
-    for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL"):
+    for chain in (
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-PROXY-FIREWALL",
+    ):
         if chain in rules.tables["filter"].chains:
             ctx = context(Hook.FORWARD, is_local=is_local)
-            result = rules.run_chain("filter", chain, packet(src=src, dst=routed_to, dport=dport), ctx)
+            result = rules.run_chain(
+                "filter", chain, packet(src=src, dst=routed_to, dport=dport), ctx
+            )
             if result is not None:
                 outputs.append(result.verdict.value)
     return ", ".join(outputs), masq

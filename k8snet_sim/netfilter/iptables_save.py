@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from k8snet_sim.errors import RulesError
 from k8snet_sim.netfilter.engine import check_table, paused_gc
+from k8snet_sim.netfilter.ipset import IpSetRegistry
 from k8snet_sim.netfilter.matches import (
     HEADER_OPTIONS,
     IMPLICIT_BY_PROTOCOL,
@@ -178,17 +179,20 @@ _COMMANDS = {
 }  # fmt: skip
 
 
-def parse_iptables_save(text: str, *, file: str = "<rules>") -> IptablesRuleset:
+def parse_iptables_save(
+    text: str, *, file: str = "<rules>", ipsets: IpSetRegistry | None = None
+) -> IptablesRuleset:
     """Parse ``iptables-save`` output (or ``iptables-restore`` input).
 
+    ``ipsets`` are the sets ``-m set`` rules may name (the namespace's ``ipset list``).
     Raises :class:`RulesError` with the line number on the first problem; an unknown match
     module or target is an error that names it.
     """
     with paused_gc():
-        return _parse(text, file)
+        return _parse(text, file, ipsets)
 
 
-def _parse(text: str, file: str) -> IptablesRuleset:
+def _parse(text: str, file: str, ipsets: IpSetRegistry | None = None) -> IptablesRuleset:
     ruleset = IptablesRuleset(file=file)
     table: Table | None = None
     table_line = 0
@@ -219,7 +223,7 @@ def _parse(text: str, file: str) -> IptablesRuleset:
             elif stripped.startswith(":"):
                 _declare(table, stripped)
             else:
-                _command(table, stripped, number)
+                _command(table, stripped, number, ipsets)
         except RulesError as err:
             if err.line:
                 raise
@@ -277,7 +281,7 @@ def _chain(table: Table, name: str) -> Chain:
     return chain
 
 
-def _command(table: Table, line: str, number: int) -> None:
+def _command(table: Table, line: str, number: int, ipsets: IpSetRegistry | None = None) -> None:
     counters: tuple[int, int] | None = None
     if line.startswith("["):  # iptables-save -c: "[packets:bytes] -A …"
         end = line.find("]")
@@ -314,7 +318,7 @@ def _command(table: Table, line: str, number: int) -> None:
             raise RulesError("-P needs a builtin chain and ACCEPT or DROP")
         _chain(table, name).policy = rest.strip()
     else:
-        _edit(table, command, _chain(table, name), rest.strip(), number, counters)
+        _edit(table, command, _chain(table, name), rest.strip(), number, counters, ipsets)
 
 
 # A command line: the command, the chain and the rest (index and rule arguments).
@@ -328,6 +332,7 @@ def _edit(
     args: str,
     number: int,
     counters: tuple[int, int] | None,
+    ipsets: IpSetRegistry | None = None,
 ) -> None:
     index: int | None = None
     if command in ("-I", "-D", "-R"):
@@ -350,7 +355,7 @@ def _edit(
                 return
         raise RulesError(f"no such rule in {chain.name} to delete")
     texts, quoted = tokens(args)
-    rule = compile_rule(texts, quoted, args, table.name, chain.name, number, counters)
+    rule = compile_rule(texts, quoted, args, table.name, chain.name, number, counters, ipsets)
     if command == "-A":
         chain.rules.append(rule)
     elif index is None:  # -I without a number inserts at the top
@@ -390,6 +395,7 @@ def compile_rule(
     chain: str,
     line: int,
     counters: tuple[int, int] | None,
+    ipsets: IpSetRegistry | None = None,
 ) -> Rule:
     header: dict[str, Option] = {}
     matches: list[tuple[str, list[Option]]] = []
@@ -474,7 +480,7 @@ def compile_rule(
     _check_interfaces(table, chain, header)
     compiled_header = build_header(header)
     label = f"{table}/{chain}: " + (_first_comment(matches) or args)
-    env = MatchEnv(table, chain, label, compiled_header.protocol, line)
+    env = MatchEnv(table, chain, label, compiled_header.protocol, line, ipsets)
     predicates = list(compiled_header.predicates)
     dport_key: int | None = None
     pure_so_far = True

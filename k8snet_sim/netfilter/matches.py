@@ -29,6 +29,7 @@ from k8snet_sim.errors import RulesError
 from k8snet_sim.net.addr import Cidr
 from k8snet_sim.net.packet import Packet
 from k8snet_sim.netfilter.context import ConnState, PacketContext, RecentEntry, chance
+from k8snet_sim.netfilter.ipset import IpSetRegistry, parse_flags
 
 Predicate = Callable[[Packet, PacketContext], bool]
 
@@ -41,7 +42,7 @@ PORT_PROTOCOLS = frozenset({6, 17, 132})  # protocols whose header carries ports
 
 # Match modules that exist in iptables but that k8snet_sim does not evaluate.
 NOT_MODELLED = frozenset({
-    "physdev", "nfacct", "set", "limit", "hashlimit", "connmark", "owner", "string", "u32",
+    "physdev", "nfacct", "limit", "hashlimit", "connmark", "owner", "string", "u32",
     "iprange", "length", "ttl", "pkttype", "mac", "socket", "rpfilter", "cgroup", "icmp",
     "policy", "connlimit", "connbytes", "time", "helper", "dscp", "tos", "devgroup", "ipvs",
     "cluster", "quota", "bpf", "realm", "esp", "ah", "hl", "cpu", "dccp", "udplite", "ecn",
@@ -79,6 +80,7 @@ class MatchEnv:
     label: str  # names the rule for Chooser decisions and counters
     protocol: int | None = None  # from a non-negated ``-p``; None when absent or negated
     line: int = 0  # where the rule was written (0: built in code); part of counter keys
+    ipsets: IpSetRegistry | None = None  # the namespace's ipsets, for ``-m set``
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,6 +594,24 @@ def _recent(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
     return CompiledMatch(test, pure=False)
 
 
+def _set(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
+    """``-m set [!] --match-set NAME FLAGS``: one hash lookup in a set (``netfilter.ipset``)."""
+    opt = options.get("--match-set")
+    if opt is None:
+        raise RulesError("-m set needs --match-set NAME src|dst[,…]")
+    name, flags = opt.values[0], parse_flags(opt.values[1])
+    ipset = (env.ipsets or {}).get(name)
+    if ipset is None:
+        raise RulesError(f"ipset {name} does not exist", hint="create the set before the rule")
+    neg = opt.negated
+
+    def test(packet: Packet, ctx: PacketContext) -> bool:
+        ctx.map_lookups += 1
+        return ipset.test(packet, flags) != neg
+
+    return CompiledMatch(test)
+
+
 MODULES: dict[str, MatchModule] = {
     m.name: m
     for m in (
@@ -632,6 +652,7 @@ MODULES: dict[str, MatchModule] = {
             _statistic,
         ),
         MatchModule("recent", _RECENT_OPTIONS, _recent),
+        MatchModule("set", (OptionDef(("--match-set",), nargs=2, invertible=True),), _set),
         MatchModule(
             "comment", (OptionDef(("--comment",)),), _comment, lenient=frozenset({"--comment"})
         ),
