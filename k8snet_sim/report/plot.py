@@ -11,15 +11,14 @@ Example
 
 from __future__ import annotations
 
+import io
 import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import networkx as nx
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from k8snet_sim.analysis.trace import TraceResult
@@ -72,12 +71,17 @@ def layout(world: World) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def _path(hops: list[Hop]) -> list[str]:
-    out: list[str] = []
-    for h in hops:
-        if not out or out[-1] != h.node:
-            out.append(h.node)
-    return out
+def _edges(hops: list[Hop]) -> list[tuple[str, str]]:
+    """Consecutive namespaces a packet crossed, connection by connection (a proxy's second
+    connection starts a new path instead of being joined to the first)."""
+    by_conn: dict[int, list[str]] = {}
+    for h in sorted(hops, key=lambda h: h.t):
+        if not h.packet:  # a proxy's own note, not a packet hop
+            continue
+        path = by_conn.setdefault(h.conn_id, [])
+        if not path or path[-1] != h.node:
+            path.append(h.node)
+    return [edge for path in by_conn.values() for edge in itertools.pairwise(path)]
 
 
 def draw_topology(
@@ -135,12 +139,10 @@ def draw_topology(
             fontsize=8,
         )
     if result is not None:
-        for hops, color, rad in (
-            (result.hops, REQUEST_COLOR, 0.15),
-            (result.reply_hops, REPLY_COLOR, -0.15),
-        ):
-            path = _path(hops)
-            edges = list(itertools.pairwise(path))
+        # Same curvature sign for both: a reversed edge then bends to the other side, so the
+        # reply path never hides the request path.
+        for hops, color in ((result.hops, REQUEST_COLOR), (result.reply_hops, REPLY_COLOR)):
+            edges = _edges(hops)
             if edges:
                 nx.draw_networkx_edges(
                     nx.DiGraph(edges),
@@ -151,7 +153,7 @@ def draw_topology(
                     width=2.5,
                     arrows=True,
                     arrowsize=18,
-                    connectionstyle=f"arc3,rad={rad}",
+                    connectionstyle="arc3,rad=0.15",
                     node_size=900,
                 )
         title = title or f"{result.source} → {result.target}: {result.disposition}"
@@ -168,12 +170,11 @@ def save_topology(world: World, path: str | Path, result: TraceResult | None = N
     """Write the picture to ``path`` atomically (temp file, then rename)."""
     from k8snet_sim.report.files import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(11, 7))
+    # A bare Figure renders without pyplot or a GUI backend (and leaves pyplot's state alone).
+    fig = Figure(figsize=(11, 7))
+    ax = fig.add_subplot()
     draw_topology(world, result, ax=ax)
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
