@@ -120,7 +120,15 @@ class RuleEvent:
 
 @dataclass(slots=True)
 class RecentEntry:
-    last_seen: list[float] = field(default_factory=list)  # newest last, at most 20 (ip_pkt_list_tot)
+    # Newest last, at most 20 (ip_pkt_list_tot).
+    last_seen: list[float] = field(default_factory=list)
+
+
+class EngineState(Protocol):
+    """Dynamic state an engine keeps in :attr:`NetfilterState.extensions` (e.g. IPVS's
+    connection table); ``copy`` must return an independent copy, for forks."""
+
+    def copy(self) -> EngineState: ...
 
 
 @dataclass
@@ -128,17 +136,23 @@ class NetfilterState:
     """Dynamic netfilter state of one network namespace besides conntrack.
 
     ``recent`` holds xt_recent lists (name → masked address → timestamps); ``counters`` holds
-    per-rule packet counters used by ``-m statistic --mode nth``, keyed by the rule's identity.
+    per-rule packet counters used by ``-m statistic --mode nth``, keyed by the rule's identity;
+    ``extensions`` holds other engines' state by engine name (``"ipvs"``).
     Forking a simulation deep-copies this object.
     """
 
     recent: dict[str, dict[int, RecentEntry]] = field(default_factory=dict)
     counters: dict[object, int] = field(default_factory=dict)
+    extensions: dict[str, EngineState] = field(default_factory=dict)
 
     def copy(self) -> NetfilterState:
         return NetfilterState(
-            {n: {a: RecentEntry(list(e.last_seen)) for a, e in lst.items()} for n, lst in self.recent.items()},
+            {
+                n: {a: RecentEntry(list(e.last_seen)) for a, e in lst.items()}
+                for n, lst in self.recent.items()
+            },
             dict(self.counters),
+            {name: ext.copy() for name, ext in self.extensions.items()},
         )
 
 

@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING
 
 from k8snet_sim.cluster.model import ClusterState
 from k8snet_sim.errors import NotSupported
+from k8snet_sim.net.addr import ip, ip_str
+from k8snet_sim.net.link import Interface
+from k8snet_sim.net.packet import PROTO_NUMBERS
 from k8snet_sim.netfilter.context import Hook, HookResult
 from k8snet_sim.netfilter.hooks import IPTABLES_TABLE_HOOKS, Skb
 from k8snet_sim.netfilter.iptables_save import parse_iptables_save
+from k8snet_sim.netfilter.ipvs import IpvsTable, install_ipvs
 from k8snet_sim.netfilter.nat import install_conntrack
-from k8snet_sim.net.packet import PROTO_NUMBERS
 from k8snet_sim.netfilter.nftables import install_nftables, parse_nft
 from k8snet_sim.proxy import iptables as iptables_proxy
+from k8snet_sim.proxy import ipvs as ipvs_proxy
 from k8snet_sim.proxy import nftables as nftables_proxy
 from k8snet_sim.proxy import userspace as userspace_proxy
 from k8snet_sim.sim.sockets import Listener
@@ -71,11 +75,19 @@ def install_kube_proxy(world: World, state: ClusterState, node: str) -> None:
         return
     if mode == "userspace":
         config = userspace_proxy.sync(state, node)
-        install_iptables(ns, parse_iptables_save(config.rules, file=f"node/{node} userspace portals"))
+        install_iptables(
+            ns, parse_iptables_save(config.rules, file=f"node/{node} userspace portals")
+        )
         for port in config.ports:
-            world.listen(ns.name, Listener(PROTO_NUMBERS[port.protocol.lower()], port.proxy_port,
-                                           UserspaceProxy(ns.name, port),
-                                           name=f"kube-proxy (userspace) {port.name}"))
+            world.listen(
+                ns.name,
+                Listener(
+                    PROTO_NUMBERS[port.protocol.lower()],
+                    port.proxy_port,
+                    UserspaceProxy(ns.name, port),
+                    name=f"kube-proxy (userspace) {port.name}",
+                ),
+            )
         rules[node] = {"iptables": config.rules, "proxy-ports": config.port_table()}
         return
     if mode == "nftables":
@@ -84,4 +96,41 @@ def install_kube_proxy(world: World, state: ClusterState, node: str) -> None:
         install_nftables(ns.stack, parse_nft(text, file=f"node/{node} nftables", lazy=True))
         rules[node] = {"nftables": text}
         return
+    if mode == "ipvs":
+        install_ipvs_mode(world, ns, state, node, rules)
+        return
     raise NotSupported(f"kube-proxy mode {mode!r} is not available yet")
+
+
+def install_ipvs_mode(
+    world: World, ns: Namespace, state: ClusterState, node: str, rules: dict[str, object]
+) -> None:
+    """IPVS mode: bind the service addresses to ``kube-ipvs0``, load the ipsets and the iptables
+    rules that use them, then register IPVS behind conntrack."""
+    own = sorted(
+        {a for i in ns.interfaces.values() if i.kind != "loopback" for a, _ in i.addresses}
+    )
+    # The simulated cloud load balancer proxies to NodePorts from its own (ingress) address:
+    # ipMode Proxy, which kube-proxy does not capture.
+    lb = getattr(world.info.get("scenario"), "load_balancer", None)
+    config = ipvs_proxy.sync(
+        state,
+        node,
+        node_ips=[ip_str(a) for a in own],
+        proxied_load_balancers=getattr(lb, "provider", None) == "cloud",
+    )
+    # A dummy device: its addresses are local (packets to them take INPUT) but it sits on no
+    # segment, so the node does not answer ARP for them (kube-proxy's --ipvs-strict-arp).
+    ns.add_interface(
+        Interface(ipvs_proxy.DUMMY_DEVICE, [(ip(a), 32) for a in config.addresses], kind="dummy")
+    )
+    ruleset = parse_iptables_save(
+        config.iptables, file=f"node/{node} iptables (ipvs)", ipsets=config.registry()
+    )
+    install_iptables(ns, ruleset)
+    install_ipvs(ns.stack, IpvsTable(config.virtual_servers))
+    rules[node] = {
+        "ipvsadm": config.ipvsadm(),
+        "ipset": config.ipset_list(),
+        "iptables": config.iptables,
+    }
