@@ -538,11 +538,7 @@ def test_compare_shows_ipvs_with_table_lookups_and_fewer_rules() -> None:
 
 
 # Expectations written for IPVS that upstream contradicts; the scenario's author is told.
-DISPUTED = {
-    "lesson-04-nodeport": "expects an empty virtual server for eTP Local without a local "
-    "endpoint; upstream gives it every endpoint (kubernetes PR #97081), so the laptop gets "
-    "REPLY_LOST, as nodeport-policies.yaml says",
-}
+DISPUTED: dict[str, str] = {}
 
 
 def _bundled() -> list:

@@ -241,16 +241,12 @@ def sync(
     node: str,
     *,
     node_ips: Sequence[str] | None = None,
-    proxied_load_balancers: bool = False,
 ) -> IpvsConfig:
     """Compute what kube-proxy in IPVS mode writes on ``node`` (one full sync).
 
     ``node_ips`` are the node's non-loopback addresses outside ``kube-ipvs0`` (every one gets
     NodePort virtual servers, unless ``nodePortAddresses`` narrows them).
-    ``proxied_load_balancers``: the LoadBalancer ingress IPs belong to a load balancer that
-    proxies to NodePorts from that very address (status ``ipMode: Proxy``), so kube-proxy
-    leaves them alone — bound to ``kube-ipvs0`` they would make the balancer's packets
-    martians. Raises :class:`~k8snet_sim.errors.UnknownEndpoint` if ``node`` is not in
+    Raises :class:`~k8snet_sim.errors.UnknownEndpoint` if ``node`` is not in
     ``state``.
     """
     try:
@@ -272,7 +268,7 @@ def sync(
         key=lambda sp: (sp[0].port_name(sp[1]), sp[1].protocol),
     )
     for svc, port in ports:
-        vips = () if proxied_load_balancers else load_balancer_vips(svc)
+        vips = load_balancer_vips(svc)
         _service_port(out, state, node, (node_ip, all_ips, nodeport_ips), vips, svc, port)
     out.members["KUBE-IPVS-IPS"] = list(out.bound)
     sets = tuple(IpSet.build(s.name, s.type, out.members[s.name], s.comment) for s in SETS)

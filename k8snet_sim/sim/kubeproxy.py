@@ -110,15 +110,7 @@ def install_ipvs_mode(
     own = sorted(
         {a for i in ns.interfaces.values() if i.kind != "loopback" for a, _ in i.addresses}
     )
-    # The simulated cloud load balancer proxies to NodePorts from its own (ingress) address:
-    # ipMode Proxy, which kube-proxy does not capture.
-    lb = getattr(world.info.get("scenario"), "load_balancer", None)
-    config = ipvs_proxy.sync(
-        state,
-        node,
-        node_ips=[ip_str(a) for a in own],
-        proxied_load_balancers=getattr(lb, "provider", None) == "cloud",
-    )
+    config = ipvs_proxy.sync(state, node, node_ips=[ip_str(a) for a in own])
     # A dummy device: its addresses are local (packets to them take INPUT) but it sits on no
     # segment, so the node does not answer ARP for them (kube-proxy's --ipvs-strict-arp).
     ns.add_interface(

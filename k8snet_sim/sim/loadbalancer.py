@@ -100,6 +100,7 @@ class CloudLoadBalancer:
     service: str
     vips: list[int]
     ports: dict[tuple[int, int], int]  # (proto, port) -> nodePort
+    address: int  # the device's own address: probes and masqueraded traffic come from it
     source_ranges: list[Cidr]
     nodes: list[tuple[str, int]]  # (node name, address)
     health_port: int
@@ -150,6 +151,7 @@ class CloudLoadBalancer:
     def describe(self) -> dict[str, Any]:
         return {
             "provider": "cloud",
+            "deviceAddress": ip_str(self.address),
             "ip": ", ".join(ip_str(v) for v in self.vips),
             "healthCheck": f"{self.health_path} on port {self.health_port}",
             "probes": dict(self.probes),
@@ -160,6 +162,7 @@ class CloudLoadBalancer:
 def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[CloudLoadBalancer]:
     """One device per LoadBalancer Service with an address, on the subnet of its address."""
     devices = []
+    taken: set[int] = set()
     for svc in state.services:
         if not svc.load_balancer_ips:
             continue
@@ -173,9 +176,18 @@ def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[Cl
                 }
             ]
             continue
-        prefix = Cidr.parse(subnet.cidr).prefix
+        net = Cidr.parse(subnet.cidr)
         ns = world.add_namespace(Namespace(f"lb/{svc.key}", kind="lb", ip_forward=True))
-        ns.add_interface(Interface("eth0", [(ip(v), prefix) for v in svc.load_balancer_ips]))
+        # The device's own address (first, so MASQUERADE and probes use it) is distinct from
+        # the Service's IP: every node may hold the Service IP locally (kube-ipvs0 in IPVS
+        # mode), and a packet from one of a node's own addresses is a martian there.
+        own = _free_address(world, state, net, taken)
+        taken.add(own)
+        ns.add_interface(
+            Interface(
+                "eth0", [(own, net.prefix)] + [(ip(v), net.prefix) for v in svc.load_balancer_ips]
+            )
+        )
         world.connect(ns, "eth0", subnet.name)
         gateway = _gateway_on(scenario, subnet.name)
         if gateway is not None:
@@ -186,6 +198,7 @@ def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[Cl
         device = CloudLoadBalancer(
             service=svc.key,
             vips=[ip(v) for v in svc.load_balancer_ips],
+            address=own,
             ports={
                 (PROTO_NUMBERS[p.protocol.lower()], p.port): p.node_port
                 for p in svc.ports
@@ -205,6 +218,19 @@ def provision_cloud(world: World, state: ClusterState, scenario: Any) -> list[Cl
         )
         devices.append(device)
     return devices
+
+
+def _free_address(world: World, state: ClusterState, net: Cidr, taken: set[int]) -> int:
+    """The highest address of ``net`` that no namespace, Service or other device uses."""
+    used = set(taken)
+    for ns in world.namespaces.values():
+        used |= ns.local_addresses
+    for svc in state.services:
+        used |= {ip(a) for a in (*svc.load_balancer_ips, *svc.external_ips)}
+    for address in range(net.broadcast - 1, net.network, -1):
+        if address not in used:
+            return address
+    raise ValueError(f"no free address on {net} for a cloud load balancer")
 
 
 def _gateway_on(scenario: Any, subnet: str) -> str | None:
@@ -236,7 +262,7 @@ def health_check(world: World, devices: list[CloudLoadBalancer]) -> None:
                 device.health_port,
                 TCP,
                 client,
-                src=device.vips[0],
+                src=device.address,
             )
             probes.append((name, address, client))
         sim.run(until=10.0)
