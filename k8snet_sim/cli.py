@@ -211,6 +211,7 @@ def _register_plugins() -> None:
 
     cli_reach.register(app)
     cli_emulate.register(app)
+    __import__("k8snet_sim.cli_load", fromlist=["register"]).register(app)
 
 
 _register_plugins()

@@ -35,13 +35,20 @@ class CostModel:
     byte_cost: float = 0.21e-9  # kernel per-byte cost (≈ 37.8 Gbit/s per core on a veth)
     iptables_byte_overhead: float = 0.04  # +4 % per byte through iptables-NATed flows
     userspace_accept: float = 30e-6  # kube-proxy userspace: accept + connect per connection
-    userspace_byte: float = 0.38e-9  # userspace copy, per byte (+1.8× the kernel path)
+    # Userspace copy per byte. Calibrated (docs/fidelity.md, "Throughput model"): +1.8× the
+    # per-byte cost of this model's direct pod-to-pod path (performance.md §2, §7) — 3 kernel
+    # visits plus ACKs — so a bulk flow through the proxy gets ~36 % of the direct rate. The
+    # §7 starting point, 0.38 ns/B, assumed a single veth traversal as the direct path.
+    userspace_byte: float = 1.0e-9
     userspace_packet: float = 5.8e-6  # userspace wakeup/copy per message relayed
     l7_request: float = 50e-6  # ingress controller: parse and route one HTTP request
     app_service: float = 20e-6  # backend application time per request
     tcp_rto: float = 1.0  # initial SYN retransmission timeout (Linux TCP_TIMEOUT_INIT)
     syn_retries: int = 2  # SYN retransmissions before connect() fails
     response_timeout: float = 3.0  # how long a client waits for a response once connected
+    keepalive_requests: int = 100  # requests per keepalive connection (NGINX's default)
+    gso_bytes: int = 65536  # a bulk data train: one GSO/GRO super-packet
+    tcp_window: float = 6291456.0  # receive window cap in bytes (net.ipv4.tcp_rmem max)
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> CostModel:

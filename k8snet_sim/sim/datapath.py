@@ -30,7 +30,7 @@ from k8snet_sim.net.packet import (
     IcmpError,
     Packet,
 )
-from k8snet_sim.netfilter.context import ConnState, Hook, HookResult, Verdict
+from k8snet_sim.netfilter.context import ACCEPTED, ConnState, Hook, HookResult, PacketContext, Verdict
 from k8snet_sim.netfilter.hooks import Skb, new_context
 from k8snet_sim.sim.recorder import Hop
 from k8snet_sim.sim.sockets import tcp_input, udp_input
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
 
 VXLAN_PORT = 8472  # flannel's VXLAN UDP port (the IANA port is 4789)
+# Enum members bound once: looking them up on the class costs a descriptor call each time.
+_PREROUTING, _INPUT, _FORWARD, _OUTPUT, _POSTROUTING = (
+    Hook.PREROUTING, Hook.INPUT, Hook.FORWARD, Hook.OUTPUT, Hook.POSTROUTING)
+_NEW = ConnState.NEW
 
 REJECT_ICMP_CODES = {
     "icmp-net-unreachable": (ICMP_DEST_UNREACH, 0),
@@ -84,26 +88,47 @@ class Visit:
                 hop.rewrites.extend(skb.rewrites)
 
 
+# Load runs keep the recorder off: every visit then shares this one, which records nothing
+# (its ``hop`` stays None forever).
+_NO_VISIT = Visit.__new__(Visit)
+_NO_VISIT.hop = None
+
+
+def _visit(sim: Simulation, ns: Namespace, pkt: Packet, verdict: str = "") -> Visit:
+    return _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt, verdict)
+
+
 def _skb(sim: Simulation, ns: Namespace, pkt: Packet, visit: Visit, hook: Hook,
          in_iface: str | None = None, out_iface: str | None = None) -> Skb:
     st = sim.state(ns.name)
-    tracing = visit.hop is not None
+    if visit.hop is None:  # the hot path: positional arguments, no trace lists
+        ctx = PacketContext(hook, sim.env.now, sim.chooser, st.nf, ns.is_local, in_iface,
+                            out_iface)
+        return Skb(pkt, ctx, st.conntrack, ns)
     ctx = new_context(
         hook=hook, now=sim.env.now, chooser=sim.chooser, state=st.nf, is_local=ns.is_local,
-        in_iface=in_iface, out_iface=out_iface, events=[] if tracing else None,
+        in_iface=in_iface, out_iface=out_iface, events=[],
     )
-    return Skb(pkt, ctx, conntrack=st.conntrack, addressing=ns,
-               rewrites=[] if tracing else None)
+    return Skb(pkt, ctx, conntrack=st.conntrack, addressing=ns, rewrites=[])
 
 
 def _charge(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet) -> tuple[float, float]:
     """Charge one packet's visit to ``ns``'s CPU owner: ``(cost, delay until done)``. A flow
     probe riding on the packet (bulk traffic learning its path) is told what was charged."""
-    cost = cost_of(sim, skb, pkt)
+    c = sim.costs
+    cost = c.packet + pkt.length * c.byte_cost  # cost_of(), inlined: this runs every visit
+    if skb is not None:
+        ctx = skb.ctx
+        cost += ctx.rules_walked * c.rule_cost + ctx.map_lookups * c.map_lookup
+        ct = skb.ct
+        if ct is not None:
+            cost += c.conntrack_lookup
+            if ctx.ct_state is _NEW and not ct.confirmed:
+                cost += c.conntrack_new
     delay = sim.charge(ns, cost)
     probe = pkt.meta.get("probe")
     if probe is not None:
-        probe.on_cpu(ns, cost, pkt.length * sim.costs.byte_cost)
+        probe.on_cpu(ns, cost, pkt.length * c.byte_cost)
     return cost, delay
 
 
@@ -125,19 +150,19 @@ def cost_of(sim: Simulation, skb: Skb | None, pkt: Packet) -> float:
 
 def receive(sim: Simulation, ns: Namespace, iface: str, pkt: Packet, skb: Skb | None = None) -> None:
     """ip_rcv: a packet arrives on ``iface`` (``skb`` is passed when looping back locally)."""
-    visit = Visit(sim, ns, pkt)
+    visit = _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt)
     pkt.mark = 0 if skb is None else pkt.mark  # skb->mark does not cross namespaces
     if (skb is None and ns.martian_check and iface != "lo" and pkt.src in ns.local_addresses):
         _drop(sim, ns, None, pkt, visit, f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}")
         return
     if skb is None:
-        skb = _skb(sim, ns, pkt, visit, Hook.PREROUTING, in_iface=iface)
+        skb = _skb(sim, ns, pkt, visit, _PREROUTING, in_iface=iface)
     else:
         skb.ctx.in_iface, skb.ctx.out_iface = iface, None
         if visit.hop is not None and skb.ctx.events is None:
             skb.ctx.events, skb.rewrites = [], []
-    result = ns.stack.run(Hook.PREROUTING, skb)
-    if not result.accepted:
+    result = ns.stack.run(_PREROUTING, skb)
+    if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "PREROUTING")
         return
     _route_input(sim, ns, skb, visit)
@@ -166,8 +191,8 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
     pkt.ttl -= 1
     skb.ctx.out_iface = route.dev
     skb.next_hop = route.via if route.via is not None else pkt.dst
-    result = ns.stack.run(Hook.FORWARD, skb)
-    if not result.accepted:
+    result = ns.stack.run(_FORWARD, skb)
+    if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "FORWARD")
         return
     _postrouting(sim, ns, skb, visit, route,
@@ -176,8 +201,8 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
 
 def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
     pkt = skb.pkt
-    result = ns.stack.run(Hook.INPUT, skb)
-    if not result.accepted:
+    result = ns.stack.run(_INPUT, skb)
+    if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "INPUT")
         return
     if skb.extras.get("reroute"):
@@ -233,14 +258,14 @@ def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
 
 def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | None = None) -> bool:
     """ip_local_out for a packet created in ``ns``. Returns False if it could not be routed."""
-    visit = Visit(sim, ns, pkt, verdict="send")
+    visit = _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt, verdict="send")
     route = ns.routes.lookup(pkt.dst) if not ns.is_local(pkt.dst) else None
     if route is None and not ns.is_local(pkt.dst):
         visit.done(None, pkt, "no-route", f"NO_ROUTE at {ns.name}: no route to {ip_str(pkt.dst)}")
         sim.socket_error(ns.name, pkt, f"no route to {ip_str(pkt.dst)} from {ns.name}")
         return False
     out_dev = route.dev if route is not None else "lo"
-    skb = _skb(sim, ns, pkt, visit, Hook.OUTPUT, out_iface=out_dev)
+    skb = _skb(sim, ns, pkt, visit, _OUTPUT, out_iface=out_dev)
     skb.local_origin = True
     if related is not None and related.ct is not None:
         # Errors generated by REJECT carry the offending connection (nf_ct_attach), so NAT
@@ -248,8 +273,8 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
         skb.ct, skb.ct_dir = related.ct, 1 - related.ct_dir
         skb.ctx.ct_state = ConnState.RELATED
     dst_before = pkt.dst
-    result = ns.stack.run(Hook.OUTPUT, skb)
-    if not result.accepted:
+    result = ns.stack.run(_OUTPUT, skb)
+    if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "OUTPUT")
         return True
     if pkt.dst != dst_before:  # ip_route_me_harder: NAT changed the destination
@@ -274,8 +299,8 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
 
 
 def _postrouting(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, route: Route, action: str) -> None:
-    result = ns.stack.run(Hook.POSTROUTING, skb)
-    if not result.accepted:
+    result = ns.stack.run(_POSTROUTING, skb)
+    if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "POSTROUTING")
         return
     pkt = skb.pkt
@@ -294,7 +319,7 @@ def bridge_netfilter(sim: Simulation, owner: Namespace, port_iface: str, pkt: Pa
     """br_netfilter: a frame bridged between two ports of ``owner``'s bridge traverses the
     owner's PREROUTING, FORWARD and POSTROUTING hooks (bridge-nf-call-iptables=1). Returns
     whether the frame may continue."""
-    visit = Visit(sim, owner, pkt)
+    visit = _visit(sim, owner, pkt)
     skb = _skb(sim, owner, pkt, visit, Hook.PREROUTING, in_iface=port_iface)
     for hook in (Hook.PREROUTING, Hook.FORWARD, Hook.POSTROUTING):
         if hook is not Hook.PREROUTING:
@@ -369,7 +394,7 @@ def unreachable_neighbour(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: 
                           next_hop: int, segment: str) -> None:
     """No ARP answer for the next hop: Linux reports host unreachable to the sender."""
     reason = f"no ARP reply for {ip_str(next_hop)} on {segment}"
-    visit = Visit(sim, ns, pkt)
+    visit = _visit(sim, ns, pkt)
     if skb is not None and not skb.local_origin:
         _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, reason)
     elif skb is not None:

@@ -11,8 +11,8 @@ relay — and wire bytes per egress link. From then on the flow is *fluid*: the
 - each link: the wire time its flows book per second ≤ 1;
 - each CPU owner: the CPU seconds its flows need per second ≤ its cores, minus what the packet
   traffic used in the last epoch;
-- each flow on each (owner, process): ≤ 1 core — one flow is processed by one core (RSS, one
-  proxy goroutine);
+- each flow on each CPU owner: ≤ 1 core — one flow's work on a machine is serialized (RSS
+  pins it to a core; a proxy's copies wait for the same bytes);
 - each flow: ≤ TCP window ÷ RTT.
 
 Every epoch the fluid flows book their CPU work and wire time on the same per-core run queues
@@ -29,8 +29,8 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from k8snet_sim.sim.simulation import KERNEL, TxQueue
 
@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     from k8snet_sim.sim.namespace import Namespace
     from k8snet_sim.sim.simulation import Simulation
 
+R = TypeVar("R", bound=Hashable)
+
 MIN_SHARE = 0.05  # fluid flows keep at least this share of a resource the packets crowd
+Resource = tuple[str, str]  # ("cpu", owner namespace) or ("link", "ns:iface")
 
 
 class FlowPath:
@@ -50,6 +53,23 @@ class FlowPath:
         self.links: dict[str, tuple[TxQueue, float]] = {}  # link → (queue, wire bytes)
         self.visits: list[str] = []  # namespaces in the order the probe's packets met them
         self.receivers: list[str] = []  # namespaces whose sockets acknowledged the train
+        # Legs of the train not yet acknowledged: the sender's, plus one per proxy relaying it.
+        self.outstanding = 0
+        self.complete = False
+        self._on_complete: Callable[[FlowPath], None] | None = None
+
+    def sent(self, on_complete: Callable[[FlowPath], None]) -> None:
+        """The sender hands the probe train to its socket; ``on_complete`` runs once every leg
+        of it has been acknowledged."""
+        self.outstanding += 1
+        self._on_complete = on_complete
+
+    def on_acked(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding <= 0 and not self.complete:
+            self.complete = True
+            if self._on_complete is not None:
+                self._on_complete(self)
 
     def on_cpu(self, ns: Namespace, cost: float, per_byte: float, process: str = KERNEL) -> None:
         key = (ns.cpu_owner, process)
@@ -68,10 +88,14 @@ class FlowPath:
         """The namespace the data finally reached (past any proxy)."""
         return self.receivers[-1] if self.receivers else None
 
-    def usage_per_byte(self) -> tuple[dict[Hashable, float], dict[tuple[str, str], float]]:
+    def serialization_s(self) -> float:
+        """Seconds the probe's packets spent being serialized, summed over the links."""
+        return sum(wire * 8 / q.bandwidth_bps for q, wire in self.links.values() if q.bandwidth_bps)
+
+    def usage_per_byte(self) -> tuple[dict[Resource, float], dict[tuple[str, str], float]]:
         """Shared-resource use per byte moved — ``{("cpu", owner): s, ("link", name): s}``
         (seconds of CPU or of wire per byte) — and CPU seconds per byte by (owner, process)."""
-        usage: dict[Hashable, float] = {}
+        usage: dict[Resource, float] = {}
         by_process = {key: cost / self.size for key, cost in self.cpu.items()}
         for (owner, _), per_byte in by_process.items():
             usage[("cpu", owner)] = usage.get(("cpu", owner), 0.0) + per_byte
@@ -81,8 +105,9 @@ class FlowPath:
         return usage, by_process
 
 
-def max_min_rates(usage: list[dict[Hashable, float]], caps: list[float],
-                  capacity: dict[Hashable, float]) -> list[float]:
+def max_min_rates(
+    usage: Sequence[Mapping[R, float]], caps: Sequence[float], capacity: Mapping[R, float]
+) -> list[float]:
     """Max-min fair rates by progressive filling.
 
     Flow ``i`` uses ``usage[i][r]`` units of resource ``r`` per unit of rate and may not exceed
@@ -94,7 +119,7 @@ def max_min_rates(usage: list[dict[Hashable, float]], caps: list[float],
     active = {i for i in range(n) if caps[i] > 0}
     left = dict(capacity)
     while active:
-        load: dict[Hashable, float] = {}
+        load: dict[R, float] = {}
         for i in active:
             for r, u in usage[i].items():
                 if u > 0 and r in left:
@@ -107,22 +132,38 @@ def max_min_rates(usage: list[dict[Hashable, float]], caps: list[float],
         for r, total in load.items():
             left[r] -= step * total
         full = {r for r in load if left[r] <= capacity[r] * 1e-9}
-        active = {i for i in active
-                  if rates[i] < caps[i] * (1 - 1e-9) and not any(r in full for r in usage[i])}
+        active = {
+            i
+            for i in active
+            if rates[i] < caps[i] * (1 - 1e-9) and not any(r in full for r in usage[i])
+        }
     return rates
 
 
 class FluidFlow:
     """One bulk flow in its fluid phase."""
 
-    def __init__(self, path: FlowPath, remaining: float, window_cap: float,
-                 on_progress: Callable[[float, float], None],
-                 on_done: Callable[[FluidFlow], None]) -> None:
+    def __init__(
+        self,
+        path: FlowPath,
+        remaining: float,
+        window_cap: float,
+        on_progress: Callable[[float, float], None],
+        on_done: Callable[[FluidFlow], None],
+    ) -> None:
         self.path = path
         self.remaining = remaining
         self.usage, self.by_process = path.usage_per_byte()
-        own = [1.0 / u for u in self.by_process.values() if u > 0]  # one core per process
+        # One flow's work on one machine is serialized onto one core (RSS pins the flow; the
+        # proxy's copies wait for the same data), so each CPU owner caps it at 1 core.
+        own = [1.0 / u for (kind, _), u in self.usage.items() if kind == "cpu" and u > 0]
         self.cap = min([window_cap, *own])
+        # What one byte books on each link: wire seconds, and bytes for the link's counters.
+        self.wire = [
+            (name, queue, self.usage[("link", name)], wire / path.size)
+            for name, (queue, wire) in path.links.items()
+            if ("link", name) in self.usage
+        ]
         self.rate = 0.0
         self.on_progress = on_progress
         self.on_done = on_done
@@ -141,7 +182,7 @@ class FluidNetwork:
         self._seen_link: dict[str, float] = {}  # link → busy seconds at the last recompute
         self._own_cpu: dict[str, float] = {}  # what the fluid flows booked since then
         self._own_link: dict[str, float] = {}
-        self._background: dict[Hashable, float] = {}  # resource → packet traffic's use per second
+        self._background: dict[Resource, float] = {}  # resource → packet traffic's use per second
         self._measured_at = sim.env.now
         self.rate_changes = 0
 
@@ -177,29 +218,26 @@ class FluidNetwork:
                 work = per_byte * moved
                 sim.charge(sim.ns(owner), work, KERNEL if process == KERNEL else process)
                 self._own_cpu[owner] = self._own_cpu.get(owner, 0.0) + work
-            for (kind, name), per_byte in flow.usage.items():  # type: ignore[misc]
-                if kind != "link":
-                    continue
-                queue = flow.path.links[name][0]
+            for name, queue, per_byte, share in flow.wire:
                 busy = per_byte * moved
                 queue.free_at = max(now, queue.free_at) + busy
                 queue.busy_s += busy
-                queue.bytes += int(moved)
+                queue.bytes += int(moved * share)
                 self._own_link[name] = self._own_link.get(name, 0.0) + busy
 
-    def _capacity(self) -> dict[Hashable, float]:
+    def _capacity(self) -> dict[Resource, float]:
         """What each resource offers the fluid flows: its size minus what the packet traffic
         used since the last measurement (measured over at least half an epoch, not predicted)."""
         sim = self.sim
         now = sim.env.now
         span = now - self._measured_at
         measure = span >= self.epoch / 2
-        capacity: dict[Hashable, float] = {}
+        capacity: dict[Resource, float] = {}
         for flow in self.flows:
             for key in flow.usage:
                 if key in capacity:
                     continue
-                kind, name = key  # type: ignore[misc]
+                kind, name = key
                 if kind == "cpu":
                     size = float(max(1, sim.ns(name).cores))
                     state = sim.peek_state(name)
@@ -224,8 +262,9 @@ class FluidNetwork:
         self._token += 1
         if not self.flows:
             return
-        rates = max_min_rates([f.usage for f in self.flows], [f.cap for f in self.flows],
-                              self._capacity())
+        rates = max_min_rates(
+            [f.usage for f in self.flows], [f.cap for f in self.flows], self._capacity()
+        )
         for flow, rate in zip(self.flows, rates, strict=True):
             if rate != flow.rate:
                 self.rate_changes += 1

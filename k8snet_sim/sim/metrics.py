@@ -18,8 +18,9 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
 
 QUANTILES = (50, 90, 99)
+K = TypeVar("K", bound=Hashable)
 
 
 def percentiles(values: list[float], quantiles: tuple[int, ...] = QUANTILES) -> dict[str, float]:
@@ -96,8 +98,11 @@ class TrafficLog:
         return dict(sorted(out.items()))
 
     def latencies(self) -> list[float]:
-        return [e.finished - e.started for e in self.measured()
-                if e.status == "ok" and e.finished is not None]
+        return [
+            e.finished - e.started
+            for e in self.measured()
+            if e.status == "ok" and e.finished is not None
+        ]
 
     def setups(self) -> list[float]:
         return [e.setup for e in self.measured() if e.setup is not None]
@@ -114,8 +119,10 @@ class TrafficLog:
         if not self.bins:
             return []
         last = max(self.bins)
-        return [(self.origin + k * self.bin_s, self.bins.get(k, 0.0) * 8 / self.bin_s)
-                for k in range(last + 1)]
+        return [
+            (self.origin + k * self.bin_s, self.bins.get(k, 0.0) * 8 / self.bin_s)
+            for k in range(last + 1)
+        ]
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,9 @@ class Snapshot:
                 conntrack[name] = st.conntrack.drops
         queues = sim.tx_queues.values()
         return cls(
-            t=sim.env.now, cpu=cpu, cpu_process=dict(sim.cpu_process),
+            t=sim.env.now,
+            cpu=cpu,
+            cpu_process=dict(sim.cpu_process),
             link_busy={q.name: q.busy_s for q in queues},
             link_bytes={q.name: q.bytes for q in queues},
             link_drops={q.name: q.drops for q in queues},
@@ -152,10 +161,10 @@ class Snapshot:
         )
 
 
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def delta(before: dict[K, float], after: dict[K, float]) -> dict[K, float]:
     """``after - before`` per key (keys only in ``after`` count from zero)."""
     return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
-def delta_int(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+def delta_int(before: dict[K, int], after: dict[K, int]) -> dict[K, int]:
     return {k: v - before.get(k, 0) for k, v in after.items()}

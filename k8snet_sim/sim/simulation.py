@@ -204,7 +204,7 @@ class Simulation:
         (``kernel`` for packet processing, ``kube-proxy``, ``ingress``, ``app``) for the
         per-process CPU account."""
         owner_name = ns.cpu_owner
-        st = self.state(owner_name)
+        st = self._states.get(owner_name) or self.state(owner_name)
         cores = st.cpu_free_at
         if not cores:
             owner = self.world.namespaces.get(owner_name, ns)
@@ -250,7 +250,7 @@ class Simulation:
             owner = self.world.namespaces[seg.owner]
             if not datapath.bridge_netfilter(self, owner, seg.owner_iface or "cni0", pkt):
                 return
-        queue = self.tx_queue(ns.name, iface_name)
+        queue = self.tx_queues.get((ns.name, iface_name)) or self.tx_queue(ns.name, iface_name)
         now = self.env.now
         backlog = queue.backlog
         while backlog and backlog[0][0] <= now:
@@ -277,7 +277,7 @@ class Simulation:
         if probe is not None:
             probe.on_link(queue, wire_length + ETHERNET_OVERHEAD_BYTES)
         peer_ns = self.world.namespaces[peer[0]]
-        self.later(depart + seg.latency_s - now, datapath.receive, self, peer_ns, peer[1], pkt)
+        _Call(self.env, depart + seg.latency_s - now, datapath.receive, (self, peer_ns, peer[1], pkt))
 
     def tx_queue(self, ns_name: str, iface_name: str) -> TxQueue:
         """The egress queue of ``iface_name`` in ``ns_name`` (created on first use)."""

@@ -219,6 +219,9 @@ def tcp_segment(sim: Simulation, ep: Endpoint, pkt: Packet) -> str:
         on_ack = getattr(ep.app, "on_ack", None)
         if on_ack is not None:
             on_ack(sim, ep, pkt.meta["ack"])
+        probe = pkt.meta.get("probe")
+        if probe is not None:
+            probe.on_acked()
         note = "ACK of data"
     if "F" in flags:
         if ep.state in ("ESTABLISHED", "SYN_RECV"):

@@ -36,11 +36,18 @@ DUP_THRESHOLD = 3
 class WindowedSender:
     """The client app of one packet-level bulk flow: send ``size`` bytes, then close."""
 
-    def __init__(self, *, size: int, train: int, window: float,
-                 on_done: Callable[[WindowedSender], Any],
-                 on_established: Callable[[Simulation, Endpoint], Any] | None = None,
-                 on_closed: Callable[[Simulation, str], Any] | None = None,
-                 first_data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        train: int,
+        window: float,
+        on_done: Callable[[WindowedSender], Any],
+        on_established: Callable[[Simulation, Endpoint], Any] | None = None,
+        on_closed: Callable[[Simulation, str], Any] | None = None,
+        on_progress: Callable[[float, float], Any] | None = None,
+        first_data: dict[str, Any] | None = None,
+    ) -> None:
         self.size = size
         self.train = train
         self.window = window
@@ -58,6 +65,7 @@ class WindowedSender:
         self._on_done = on_done
         self._on_established = on_established
         self._on_closed = on_closed
+        self._on_progress = on_progress
         self._first_data = first_data or {}
 
     # -- App protocol -------------------------------------------------------------------------
@@ -83,10 +91,13 @@ class WindowedSender:
             return  # a duplicate ACK of a retransmitted train
         nbytes, sent_at, _ = entry
         self.acked += int(nbytes)
+        if self._on_progress is not None:
+            self._on_progress(sim.env.now, nbytes)
         sample = sim.env.now - sent_at
         self.srtt = sample if self.srtt is None else 0.875 * self.srtt + 0.125 * sample
         for earlier, other in self.inflight.items():
-            if earlier < seq:
+            # Only a train sent after this one (was last sent) is evidence that it was lost.
+            if earlier < seq and other[1] < sent_at:
                 other[2] += 1
                 if other[2] == DUP_THRESHOLD:
                     self._lost(sim, earlier, timeout=False)

@@ -98,6 +98,9 @@ class UserspaceProxy:
                                  label="proxy", conn_id=conn.conn_id, direction=0, verdict=verdict))
 
     def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
+        probe = message.data.get("probe")
+        if probe is not None:
+            probe.outstanding += 1  # a bulk flow's probe train: one more leg to acknowledge
         backend: Endpoint | None = conn.meta.get("backend")
         if conn.proto != TCP and "pending" not in conn.meta:
             # UDP: each datagram from a client is relayed on a fresh backend socket.
