@@ -119,12 +119,20 @@ class NetfilterStack:
 
     def run(self, hook: Hook, skb: Skb) -> HookResult:
         """Run every function at ``hook`` until one does not accept."""
+        ops = self._ops[hook]
+        if not ops:
+            return ACCEPTED
         skb.ctx.hook = hook
-        for _, _, fn in self._ops[hook]:
+        for _, _, fn in ops:
             result = fn(skb)
             if result is not ACCEPTED and not result.accepted:
                 return result
         return ACCEPTED
+
+    @property
+    def empty(self) -> bool:
+        """No hook function anywhere: packets cross this namespace untouched by netfilter."""
+        return not any(self._ops.values())
 
 
 def new_context(

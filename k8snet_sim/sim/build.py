@@ -19,7 +19,6 @@ from k8snet_sim.net.addr import Cidr, ip
 from k8snet_sim.net.link import Interface, Segment
 from k8snet_sim.net.packet import PROTO_NUMBERS
 from k8snet_sim.net.routing import Route
-from k8snet_sim.netfilter.nat import install_conntrack
 from k8snet_sim.sim.apps import PodServer
 from k8snet_sim.sim.costs import CostModel
 from k8snet_sim.sim.health import install_health_servers
@@ -73,9 +72,8 @@ def build_world(scenario: Any, build: Any = None, *, costs: CostModel | None = N
         announce_metallb(world, state, scenario)
     elif provider == "cloud":
         devices = provision_cloud(world, state, scenario)
-    for ns in world.namespaces.values():
-        if "conntrack" not in ns.stack.names():
-            install_conntrack(ns.stack)
+    # Pods, routers and outside hosts get no netfilter hooks at all: Linux registers
+    # conntrack in a network namespace only when something there needs it (rules, NAT).
     if devices:
         health_check(world, devices)
     world.info["ingressControllers"] = {k: v.class_name for k, v in controllers.items()}

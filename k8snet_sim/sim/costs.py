@@ -33,7 +33,7 @@ class CostModel:
     conntrack_new: float = 1.0e-6  # creating and confirming an entry
     map_lookup: float = 0.05e-6  # nftables set/verdict-map or IPVS table lookup
     byte_cost: float = 0.21e-9  # kernel per-byte cost (≈ 37.8 Gbit/s per core on a veth)
-    iptables_byte_overhead: float = 0.04  # +4 % per byte through iptables-NATed flows
+    nat_byte_overhead: float = 0.04  # +4 % per byte of a connection conntrack translates
     userspace_accept: float = 30e-6  # kube-proxy userspace: accept + connect per connection
     # Userspace copy per byte. Calibrated (docs/fidelity.md, "Throughput model"): +1.8× the
     # per-byte cost of this model's direct pod-to-pod path (performance.md §2, §7) — 3 kernel

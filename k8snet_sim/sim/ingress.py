@@ -54,7 +54,7 @@ class IngressController:
     def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
         if message.kind != "request":
             return
-        delay = sim.charge(sim.ns(self.ns), sim.costs.l7_request)
+        delay = sim.charge(sim.ns(self.ns), sim.costs.l7_request, process="ingress")
         sim.later(delay, self._route, sim, conn, message)
 
     def _route(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
