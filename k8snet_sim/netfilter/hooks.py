@@ -100,16 +100,19 @@ class NetfilterStack:
 
     def __init__(self) -> None:
         self._ops: dict[Hook, list[tuple[int, str, HookFn]]] = {h: [] for h in Hook}
+        self._count = 0
 
     def register(self, hook: Hook, priority: int, name: str, fn: HookFn) -> None:
         ops = self._ops[hook]
         ops.append((priority, name, fn))
+        self._count += 1
         # Stable sort: equal priorities keep registration order, as nf_register_net_hook does.
         ops.sort(key=lambda op: op[0])
 
     def unregister(self, name: str) -> None:
         for hook in Hook:
             self._ops[hook] = [op for op in self._ops[hook] if op[1] != name]
+        self._count = sum(len(ops) for ops in self._ops.values())
 
     def ops(self, hook: Hook) -> list[tuple[int, str, HookFn]]:
         return list(self._ops[hook])
@@ -132,7 +135,7 @@ class NetfilterStack:
     @property
     def empty(self) -> bool:
         """No hook function anywhere: packets cross this namespace untouched by netfilter."""
-        return not any(self._ops.values())
+        return self._count == 0
 
 
 def new_context(
