@@ -23,7 +23,8 @@ def simulate(scenario: Any, *, seed: int = 0) -> Simulation:
     return Simulation(build_world(scenario), seed=seed)
 
 
-def load(path: str | Path, *, seed: int = 0, mode: str | None = None,
-         overrides: Sequence[str] = ()) -> Simulation:
+def load(
+    path: str | Path, *, seed: int = 0, mode: str | None = None, overrides: Sequence[str] = ()
+) -> Simulation:
     """Load a scenario file (with ``--mode`` / ``--set`` style overrides) and build its world."""
     return simulate(load_scenario(path, overrides=overrides, mode=mode), seed=seed)

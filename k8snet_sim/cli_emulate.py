@@ -17,16 +17,22 @@ if TYPE_CHECKING:
 
     from k8snet_sim.emulate.compare import EmulationReport
 
-STATUS_STYLE = {"agree": "green", "DISAGREE": "bold red", "skipped": "dim", "probed": "",
-                "kernel lacks br_netfilter": "yellow"}
+STATUS_STYLE = {
+    "agree": "green",
+    "DISAGREE": "bold red",
+    "skipped": "dim",
+    "probed": "",
+    "kernel lacks br_netfilter": "yellow",
+}
 
 
 def render(report: "EmulationReport", console: "Console") -> None:
     """The agreement table (or, without comparison, the kernel's answers)."""
     from rich.table import Table
 
-    table = Table(title=f"{report.scenario} ({report.mode}) — kernel run {report.run_id}",
-                  show_lines=False)
+    table = Table(
+        title=f"{report.scenario} ({report.mode}) — kernel run {report.run_id}", show_lines=False
+    )
     table.add_column("cell", overflow="fold")
     if report.compared:
         table.add_column("simulator", overflow="fold")
@@ -39,8 +45,9 @@ def render(report: "EmulationReport", console: "Console") -> None:
         if report.compared:
             row.append(cell.simulator.summary() if cell.simulator else "—")
         row.append(cell.kernel.summary())
-        row.append(f"[{STATUS_STYLE.get(status, '')}]{shown}[/]" if STATUS_STYLE.get(status)
-                   else shown)
+        row.append(
+            f"[{STATUS_STYLE.get(status, '')}]{shown}[/]" if STATUS_STYLE.get(status) else shown
+        )
         table.add_row(*row)
     console.print(table)
     for cell in report.cells:
@@ -50,9 +57,12 @@ def render(report: "EmulationReport", console: "Console") -> None:
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print(report.summary(), markup=False, highlight=False)
     if report.kept:
-        console.print(f"kept {len(report.namespaces)} namespaces (k8ns-{report.run_id}-*); "
-                      f"remove them with: k8snet-sim emulate-cleanup {report.run_id}",
-                      markup=False, highlight=False)
+        console.print(
+            f"kept {len(report.namespaces)} namespaces (k8ns-{report.run_id}-*); "
+            f"remove them with: k8snet-sim emulate-cleanup {report.run_id}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -75,19 +85,36 @@ def register(app: typer.Typer) -> None:
         mode: ModeOpt = None,
         set_: SetOpt = None,
         seed: SeedOpt = 0,
-        reach: Annotated[bool, typer.Option(
-            "--reach", help="Also probe the reachability matrix: every pod, node and host × "
-            "every Service ClusterIP port and NodePort.")] = False,
-        compare: Annotated[bool, typer.Option(
-            "--compare", help="Run the simulator on the same cells; exit 1 on any "
-            "disagreement.")] = False,
+        reach: Annotated[
+            bool,
+            typer.Option(
+                "--reach",
+                help="Also probe the cells of `k8snet-sim reach`: every pod, node, host and "
+                "router × every Service frontend.",
+            ),
+        ] = False,
+        compare: Annotated[
+            bool,
+            typer.Option(
+                "--compare", help="Run the simulator on the same cells; exit 1 on any disagreement."
+            ),
+        ] = False,
         as_json: JsonOpt = False,
-        keep: Annotated[bool, typer.Option(
-            "--keep", help="Leave the namespaces and servers running for inspection "
-            "(remove them with emulate-cleanup).")] = False,
-        run_id: Annotated[str | None, typer.Option(
-            "--run-id", help="Name part of this run's namespaces (k8ns-RUN-…); random if "
-            "not given.")] = None,
+        keep: Annotated[
+            bool,
+            typer.Option(
+                "--keep",
+                help="Leave the namespaces and servers running for inspection "
+                "(remove them with emulate-cleanup).",
+            ),
+        ] = False,
+        run_id: Annotated[
+            str | None,
+            typer.Option(
+                "--run-id",
+                help="Name part of this run's namespaces (k8ns-RUN-…); random if not given.",
+            ),
+        ] = None,
     ) -> None:
         """Build the scenario in Linux network namespaces with real iptables/nftables and
         probe it with real sockets (root only)."""
@@ -104,8 +131,9 @@ def register(app: typer.Typer) -> None:
             except ValueError as err:
                 raise K8sNetSimError(str(err)) from None
         loaded = load_scenario(scenario, overrides=set_ or (), mode=mode)
-        report = run_emulation(loaded, seed=seed, reach=reach, compare=compare,
-                               run_id=run_id, keep=keep)
+        report = run_emulation(
+            loaded, seed=seed, reach=reach, compare=compare, run_id=run_id, keep=keep
+        )
         if as_json:
             emit_json(report.to_dict())
         else:
@@ -123,7 +151,7 @@ def register(app: typer.Typer) -> None:
         from k8snet_sim.emulate.plan import check_run_id
 
         require_root()
-        runs = ({n.split("-")[1] for n in leftovers()} if run == "all" else {run})
+        runs = {n.split("-")[1] for n in leftovers()} if run == "all" else {run}
         for r in runs:
             check_run_id(r)
         removed = [item for r in sorted(runs) for item in cleanup_run(r)]

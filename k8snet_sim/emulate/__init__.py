@@ -10,10 +10,12 @@ Everything is created under ``k8ns-<run>-`` and removed by the :class:`~.janitor
 
 Example
 -------
->>> from k8snet_sim.emulate import emulate, leftovers     # doctest: +SKIP
->>> from k8snet_sim.scenario.loader import load_scenario  # doctest: +SKIP
->>> emulate(load_scenario("scenarios/external-clusterip.yaml"), compare=True).summary()  # doctest: +SKIP
-'external-clusterip (iptables) on the kernel: 2 cells probed, 2 agree with the simulator, 0 disagree'
+>>> from k8snet_sim.emulate import emulate, leftovers           # doctest: +SKIP
+>>> from k8snet_sim.scenario.loader import load_scenario        # doctest: +SKIP
+>>> scenario = load_scenario("scenarios/external-clusterip.yaml")  # doctest: +SKIP
+>>> report = emulate(scenario, compare=True)                    # doctest: +SKIP
+>>> report.passed, len(report.disagreements)                    # doctest: +SKIP
+(True, 0)
 """
 
 from k8snet_sim.emulate.compare import CellResult, EmulationReport, SimVerdict

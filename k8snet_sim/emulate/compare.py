@@ -14,8 +14,10 @@ Example
 ...                         "address": "10.0.0.2:80"},))
 >>> differences(sim, kernel)
 []
->>> differences(sim, KernelResult(({"ok": False, "error": "TIMEOUT"},)))
-['reachability: simulator reachable, kernel unreachable', 'endpoints: simulator default/web-0, kernel none']
+>>> for line in differences(sim, KernelResult(({"ok": False, "error": "TIMEOUT"},))):
+...     print(line)
+reachability: simulator reachable, kernel unreachable
+endpoints: simulator default/web-0, kernel none
 """
 
 from __future__ import annotations
@@ -41,29 +43,40 @@ class SimVerdict:
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]]) -> SimVerdict:
         ok = [r for r in rows if r.get("reachable")]
-        verdict = ("reachable" if len(ok) == len(rows) and rows else
-                   "unreachable" if not ok else "partial")
+        verdict = (
+            "reachable" if len(ok) == len(rows) and rows else "unreachable" if not ok else "partial"
+        )
         seen: dict[str, tuple[str, ...]] = {}
         for r in ok:
             if r.get("sourceSeenByBackend"):
                 seen[_label(r)] = (str(r["sourceSeenByBackend"]),)
-        return cls(verdict, frozenset(_label(r) for r in ok), dict(sorted(seen.items())),
-                   tuple(sorted({str(r.get("disposition")) for r in rows})), tuple(rows))
+        return cls(
+            verdict,
+            frozenset(_label(r) for r in ok),
+            dict(sorted(seen.items())),
+            tuple(sorted({str(r.get("disposition")) for r in rows})),
+            tuple(rows),
+        )
 
     def summary(self) -> str:
         text = self.verdict
         if self.endpoints:
-            text += " " + ", ".join(f"{e} saw {'/'.join(self.source_seen.get(e, ()))}"
-                                    for e in sorted(self.endpoints))
+            text += " " + ", ".join(
+                f"{e} saw {'/'.join(self.source_seen.get(e, ()))}" for e in sorted(self.endpoints)
+            )
         failed = [d for d in self.dispositions if d != "DELIVERED"]
         if failed:
             text += " " + ", ".join(failed)
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "endpoints": sorted(self.endpoints),
-                "sourceSeenByBackend": self.source_seen, "dispositions": list(self.dispositions),
-                "possibleEndpoints": list(self.rows)}
+        return {
+            "verdict": self.verdict,
+            "endpoints": sorted(self.endpoints),
+            "sourceSeenByBackend": self.source_seen,
+            "dispositions": list(self.dispositions),
+            "possibleEndpoints": list(self.rows),
+        }
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -76,13 +89,19 @@ def differences(sim: SimVerdict, kernel: KernelResult) -> list[str]:
     if sim.verdict != kernel.verdict:
         out.append(f"reachability: simulator {sim.verdict}, kernel {kernel.verdict}")
     if sim.endpoints != kernel.endpoints:
-        out.append(f"endpoints: simulator {', '.join(sorted(sim.endpoints)) or 'none'}, "
-                   f"kernel {', '.join(sorted(kernel.endpoints)) or 'none'}")
+        out.append(
+            f"endpoints: simulator {', '.join(sorted(sim.endpoints)) or 'none'}, "
+            f"kernel {', '.join(sorted(kernel.endpoints)) or 'none'}"
+        )
     for ep in sorted(sim.endpoints & kernel.endpoints):
         want, got = sim.source_seen.get(ep, ()), kernel.source_seen.get(ep, ())
         if set(want) != set(got):
-            out.append(f"source seen by {ep}: simulator {'/'.join(want) or '?'}, "
-                       f"kernel {'/'.join(got) or '?'}")
+            out.append(
+                f"source seen by {ep}: simulator {'/'.join(want) or '?'}, "
+                f"kernel {'/'.join(got) or '?'}"
+            )
+    if kernel.affinity_broken:
+        out.append("ClientIP affinity: the kernel sent one client to several endpoints")
     return out
 
 
@@ -108,17 +127,29 @@ class CellResult:
         return "agree"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cell": self.probe.cell, "from": self.probe.source, "to": self.probe.target,
-                "origin": self.probe.origin, "status": self.status,
-                "agree": None if self.simulator is None or self.kernel.skipped
-                else not self.differences,
-                "kernel": self.kernel.to_dict(),
-                "simulator": self.simulator.to_dict() if self.simulator else None,
-                "differences": list(self.differences), "note": self.note}
+        return {
+            "cell": self.probe.cell,
+            "from": self.probe.source,
+            "to": self.probe.target,
+            "origin": self.probe.origin,
+            "status": self.status,
+            "agree": None
+            if self.simulator is None or self.kernel.skipped
+            else not self.differences,
+            "kernel": self.kernel.to_dict(),
+            "simulator": self.simulator.to_dict() if self.simulator else None,
+            "differences": list(self.differences),
+            "note": self.note,
+        }
 
 
-def judge_cell(probe: Probe, kernel: KernelResult, sim: SimVerdict | None, *,
-               br_netfilter_affected: bool = False) -> CellResult:
+def judge_cell(
+    probe: Probe,
+    kernel: KernelResult,
+    sim: SimVerdict | None,
+    *,
+    br_netfilter_affected: bool = False,
+) -> CellResult:
     """Compare one cell; a disagreement the missing br_netfilter explains is marked so."""
     if sim is None or kernel.skipped:
         return CellResult(probe, kernel, sim)
@@ -162,12 +193,19 @@ class EmulationReport:
         return text + (f", {skipped} not probed" if skipped else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "mode": self.mode, "runId": self.run_id,
-                "compared": self.compared, "passed": self.passed,
-                "brNetfilter": self.br_netfilter, "summary": self.summary(),
-                "notes": self.notes, "kept": self.kept,
-                "namespaces": self.namespaces if self.kept else [],
-                "cells": [c.to_dict() for c in self.cells]}
+        return {
+            "scenario": self.scenario,
+            "mode": self.mode,
+            "runId": self.run_id,
+            "compared": self.compared,
+            "passed": self.passed,
+            "brNetfilter": self.br_netfilter,
+            "summary": self.summary(),
+            "notes": self.notes,
+            "kept": self.kept,
+            "namespaces": self.namespaces if self.kept else [],
+            "cells": [c.to_dict() for c in self.cells],
+        }
 
     def __str__(self) -> str:
         return self.summary()

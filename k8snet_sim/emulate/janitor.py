@@ -50,8 +50,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def list_namespaces() -> list[str]:
     """Names from ``ip netns list`` (read-only)."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False,
-                         timeout=COMMAND_TIMEOUT_S)
+    out = subprocess.run(
+        ["ip", "netns", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=COMMAND_TIMEOUT_S,
+    )
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -82,8 +87,10 @@ class Janitor:
 
     def _require(self, name: str | None) -> str:
         if name is None or not self.owns(name):
-            raise EmulationError(f"refusing to act on namespace {name!r}: not one of run "
-                                 f"{self.run_id} ({self.prefix}…)")
+            raise EmulationError(
+                f"refusing to act on namespace {name!r}: not one of run "
+                f"{self.run_id} ({self.prefix}…)"
+            )
         return name
 
     # ---------------------------------------------------------------- commands
@@ -97,6 +104,12 @@ class Janitor:
                 raise EmulationError(f"refusing to run {step.render()!r} in the root namespace")
             self._require(argv[3])
             if argv[2] == "add":
+                if argv[3] in list_namespaces():
+                    # Another run with this id (a kept one?): never adopt, never delete it.
+                    raise EmulationError(
+                        f"namespace {argv[3]} already exists",
+                        hint="pick another --run-id, or emulate-cleanup it",
+                    )
                 self.namespaces.append(argv[3])
         else:
             ns = self._require(step.ns)
@@ -108,22 +121,43 @@ class Janitor:
                 argv = ["ip", "netns", "exec", ns, *argv]
         self.log.append(step.render() if step.ns is None else f"[{step.ns}] {step.render()}")
         try:
-            done = subprocess.run(argv, input=step.stdin or None, capture_output=True, text=True,
-                                  timeout=COMMAND_TIMEOUT_S, check=False)
+            done = subprocess.run(
+                argv,
+                input=step.stdin or None,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
+            )
         except subprocess.TimeoutExpired as err:
             raise EmulationError(f"{step.render()} took longer than {COMMAND_TIMEOUT_S}s") from err
         if check and done.returncode != 0:
-            raise EmulationError(f"{step.why or 'command'} failed in {step.ns or 'netns'}: "
-                                 f"{step.render()}\n{done.stderr.strip()}")
+            raise EmulationError(
+                f"{step.why or 'command'} failed in {step.ns or 'netns'}: "
+                f"{step.render()}\n{done.stderr.strip()}"
+            )
         return done
 
-    def exec(self, ns: str, argv: Sequence[str], *, stdin: str = "", check: bool = True,
-             timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        ns: str,
+        argv: Sequence[str],
+        *,
+        stdin: str = "",
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT_S,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a program inside namespace ``ns`` and wait for it (bounded by ``timeout``)."""
         full = ["ip", "netns", "exec", self._require(ns), *argv]
         try:
-            done = subprocess.run(full, input=stdin or None, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+            done = subprocess.run(
+                full,
+                input=stdin or None,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as err:
             raise EmulationError(f"{' '.join(argv)} in {ns} took longer than {timeout}s") from err
         if check and done.returncode != 0:
@@ -136,10 +170,15 @@ class Janitor:
         ``ip netns exec`` execs the program, so the PID we hold is the program's own."""
         full = ["ip", "netns", "exec", self._require(ns), *argv]
         # stderr to a file, not a pipe nobody reads: a chatty server must never block on it.
-        errors = tempfile.TemporaryFile()
-        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=errors, start_new_session=True,
-                                preexec_fn=None if self.keep else _die_with_parent)
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed at cleanup, with the process
+        proc = subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,
+            preexec_fn=None if self.keep else _die_with_parent,
+        )
         self.processes.append(proc)
         self._stderr[proc.pid] = errors
         return proc
@@ -185,16 +224,25 @@ class Janitor:
             if not self.owns(name) or name not in present:
                 continue
             self._kill_inside(name)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False,
-                           timeout=COMMAND_TIMEOUT_S)
+            subprocess.run(
+                ["ip", "netns", "del", name],
+                capture_output=True,
+                check=False,
+                timeout=COMMAND_TIMEOUT_S,
+            )
             removed.append(name)
         return removed
 
     def _kill_inside(self, name: str) -> None:
         """Any process still inside one of our namespaces was started by us (directly or by a
         child): kill it by PID so the namespace can go away."""
-        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                             check=False, timeout=COMMAND_TIMEOUT_S)
+        out = subprocess.run(
+            ["ip", "netns", "pids", name],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=COMMAND_TIMEOUT_S,
+        )
         for pid in (int(p) for p in out.stdout.split() if p.isdigit()):
             if pid != os.getpid():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -223,8 +271,8 @@ class Janitor:
             ok = True
         finally:
             if main:
-                for sig, handler in self._previous.items():
-                    signal.signal(sig, handler)
+                for signum, handler in self._previous.items():
+                    signal.signal(signum, handler)
                 self._previous.clear()
             if not (ok and self.keep):
                 self.cleanup()
@@ -241,7 +289,9 @@ def cleanup_run(run_id: str) -> list[str]:
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise EmulationError("emulate needs root (network namespaces, iptables)",
-                             hint="run it with sudo, or in a VM or container where you are root")
+        raise EmulationError(
+            "emulate needs root (network namespaces, iptables)",
+            hint="run it with sudo, or in a VM or container where you are root",
+        )
     if sys.platform != "linux":
         raise EmulationError("emulate needs Linux network namespaces")

@@ -41,7 +41,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from k8snet_sim.net.addr import Cidr, ip_str
+from k8snet_sim.net.addr import ip_str
+from k8snet_sim.net.link import Interface
 from k8snet_sim.net.routing import Route
 from k8snet_sim.sim.world import World
 
@@ -128,7 +129,9 @@ class EmulationPlan:
     netns: dict[str, str] = field(default_factory=dict)  # simulator name → netns name
 
     def steps(self) -> list[Step]:
-        """The commands that build the plan, in order."""
+        """The commands that build the plan, in order (see :mod:`.steps`)."""
+        from k8snet_sim.emulate.steps import build_steps
+
         return build_steps(self)
 
     def names(self) -> list[str]:
@@ -155,11 +158,12 @@ def check_run_id(run_id: str) -> str:
 def _mac(index: int, kind: int = 0x6E) -> str:
     """A locally administered unicast MAC, deterministic per VTEP (kind 0x6e) or per
     interface on a LAN (kind 0x65)."""
-    return "02:6b:38:{:02x}:{:02x}:{:02x}".format(kind, (index >> 8) & 255, index & 255)
+    return f"02:6b:38:{kind:02x}:{(index >> 8) & 255:02x}:{index & 255:02x}"
 
 
-def _announcements(world: World, names: dict[str, str],
-                   macs: dict[tuple[str, str], str]) -> dict[str, list[str]]:
+def _announcements(
+    world: World, names: dict[str, str], macs: dict[tuple[str, str], str]
+) -> dict[str, list[str]]:
     """Addresses a host answers ARP for without holding them (MetalLB's L2 speaker): every
     other member of the LAN gets the static neighbour entry such an answer would create."""
     out: dict[str, list[str]] = {}
@@ -172,7 +176,8 @@ def _announcements(world: World, names: dict[str, str],
             for member, member_iface in seg.members:
                 if (member, member_iface) != (host, iface) and member in names:
                     out.setdefault(names[member], []).append(
-                        f"{ip_str(address)} lladdr {mac} dev {member_iface} nud permanent")
+                        f"{ip_str(address)} lladdr {mac} dev {member_iface} nud permanent"
+                    )
     return out
 
 
@@ -192,206 +197,166 @@ def _route_args(route: Route) -> str | None:
 
 def _check_ifname(name: str) -> str:
     if not name or len(name) > IFNAMSIZ or "/" in name or " " in name:
-        raise ValueError(f"interface name {name!r} is not valid on Linux (1-15 chars, no / or space)")
+        raise ValueError(
+            f"interface name {name!r} is not valid on Linux (1-15 chars, no / or space)"
+        )
     return name
 
 
-class _Names:
-    """Unique namespace names for one run (two keys may sanitize to the same name)."""
+SYSCTLS = (
+    # The simulator models neither reverse-path filtering nor ICMP redirects.
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    ("net.ipv4.conf.all.send_redirects", "0"),
+    ("net.ipv4.conf.default.send_redirects", "0"),
+    ("net.ipv4.conf.all.accept_redirects", "0"),
+    ("net.ipv4.conf.default.accept_redirects", "0"),
+)
+# Nor IPv6: no link-local addresses, router or neighbour solicitations on our links (a kernel
+# without IPv6 lacks these keys: the sysctl step ignores unknown keys).
+NO_IPV6 = (("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1"))
+EMULATED_KINDS = ("node", "pod", "router", "host")
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.used: set[str] = set()
-        self.by_key: dict[str, str] = {}
+
+@dataclass
+class _Devices:
+    """What one namespace gets while its interfaces are planned."""
+
+    bridges: list[str] = field(default_factory=list)
+    dummies: list[str] = field(default_factory=list)
+    addresses: list[tuple[str, str]] = field(default_factory=list)
+    up: list[str] = field(default_factory=lambda: ["lo"])
+    bridge_nf: bool = False
+
+
+class _Planner:
+    """Walks a world once; collects namespaces, veths, VXLAN devices and what it leaves out."""
+
+    def __init__(self, world: World, run_id: str) -> None:
+        self.world = world
+        self.run_id = check_run_id(run_id)
+        self.netns: dict[str, str] = {}
+        self.veths: list[Veth] = []
+        self.vxlans: list[VxlanDevice] = []
+        self.unsupported: list[str] = []
+        self.ports: dict[str, int] = {}  # netns → veth peers created there so far
+        self.lan_macs: dict[tuple[str, str], str] = {}
+        self.vtep_macs: dict[int, str] = {}
 
     def name(self, kind: str, key: str) -> str:
+        """A unique netns name (two keys may sanitize to the same name)."""
         base = candidate = netns_name(self.run_id, kind, key)
         n = 1
-        while candidate in self.used:
+        while candidate in self.netns.values():
             n += 1
             candidate = f"{base}-{n}"
-        self.used.add(candidate)
-        self.by_key[key] = candidate
+        self.netns[key] = candidate
         return candidate
 
+    def port(self, netns: str, stem: str) -> str:
+        n = self.ports.get(netns, 0)
+        self.ports[netns] = n + 1
+        return _check_ifname(f"{stem}{n}")
 
-def plan_world(world: World, run_id: str) -> EmulationPlan:
-    """The kernel build of ``world`` for run ``run_id`` (pure: nothing is created)."""
-    check_run_id(run_id)
-    names = _Names(run_id)
-    unsupported: list[str] = []
-    # L2 segments that are LANs get a namespace with a bridge; cni0 segments live in the node.
-    seg_ns: dict[str, str] = {}
-    for seg in world.segments.values():
-        if seg.kind == "lan":
-            seg_ns[seg.name] = names.name("seg", f"segment/{seg.name}")
-    for key, ns in world.namespaces.items():
-        if ns.kind in ("node", "pod", "router", "host"):
-            names.name(ns.kind, key)
-        else:
-            unsupported.append(f"{key}: namespaces of kind {ns.kind!r} are not emulated")
-    veths: list[Veth] = []
-    vxlans: list[VxlanDevice] = []
-    port_counter: dict[str, int] = {}
-    lan_macs: dict[tuple[str, str], str] = {}
-    vtep_macs: dict[int, str] = {}
-    vtep_index = 0
-    for key in world.namespaces:
-        ns = world.namespaces[key]
-        for iface in ns.interfaces.values():
-            if iface.kind == "vxlan":
-                for address, _ in iface.addresses:
-                    vtep_index += 1
-                    vtep_macs[address] = _mac(vtep_index)
-    plans: list[NetnsPlan] = []
-    for key, ns in world.namespaces.items():
-        if key not in names.by_key:
-            continue
-        me = names.by_key[key]
-        bridges: list[str] = []
-        dummies: list[str] = []
-        addresses: list[tuple[str, str]] = []
-        up: list[str] = ["lo"]
-        bridge_nf = False
+    def plan(self) -> EmulationPlan:
+        world = self.world
+        # LANs get a namespace with a bridge; cni0 bridges live in their node.
+        lans = {s.name: self.name("seg", f"segment/{s.name}")
+                for s in world.segments.values() if s.kind == "lan"}  # fmt: skip
+        for key, ns in world.namespaces.items():
+            if ns.kind in EMULATED_KINDS:
+                self.name(ns.kind, key)
+            else:
+                self.unsupported.append(f"{key}: namespaces of kind {ns.kind!r} are not emulated")
+        vteps = [a for ns in world.namespaces.values() for i in ns.interfaces.values()
+                 if i.kind == "vxlan" for a, _ in i.addresses]  # fmt: skip
+        self.vtep_macs = {a: _mac(n) for n, a in enumerate(vteps, start=1)}
+        plans = [self.namespace(key, lans) for key in world.namespaces if key in self.netns]
+        announced = _announcements(world, self.netns, self.lan_macs)
+        plans = [replace(p, neighbours=tuple(announced.get(p.name, ()))) for p in plans]
+        plans += [NetnsPlan(f"segment/{lan}", me, "segment", (SEGMENT_BRIDGE,),
+                            links_up=("lo", SEGMENT_BRIDGE),
+                            sysctls=(("net.ipv4.ip_forward", "0"), *NO_IPV6))
+                  for lan, me in lans.items()]  # fmt: skip
+        return EmulationPlan(self.run_id, tuple(plans), tuple(self.veths), tuple(self.vxlans),
+                             tuple(self.unsupported), dict(self.netns))  # fmt: skip
+
+    def namespace(self, key: str, lans: dict[str, str]) -> NetnsPlan:
+        ns = self.world.namespaces[key]
+        me = self.netns[key]
+        dev = _Devices()
         for iface in ns.interfaces.values():
             if iface.kind == "loopback":
                 continue
             _check_ifname(iface.name)
-            if iface.kind == "bridge":
-                bridges.append(iface.name)
-                seg = world.segments.get(iface.segment or "")
-                bridge_nf = bridge_nf or bool(seg is not None and seg.bridge_nf)
-            elif iface.kind == "dummy":
-                dummies.append(iface.name)
-            elif iface.kind == "vxlan":
-                vx = world.vxlans.get(key)
-                if vx is None:
-                    unsupported.append(f"{key}: vxlan {iface.name} without tunnel configuration")
-                    continue
-                peers = []
-                for vtep, underlay in sorted(vx.fdb.items()):
-                    if vtep not in vtep_macs:
-                        unsupported.append(f"{key}: no VTEP owns {ip_str(vtep)}")
-                        continue
-                    peers.append((ip_str(vtep), vtep_macs[vtep], ip_str(underlay)))
-                local_dev = next((i.name for i in ns.interfaces.values()
-                                  if any(a == vx.local_underlay for a, _ in i.addresses)), "eth0")
-                mac = vtep_macs[iface.addresses[0][0]] if iface.addresses else _mac(0)
-                vxlans.append(VxlanDevice(me, iface.name, mac, ip_str(vx.local_underlay),
-                                          local_dev, iface.mtu, tuple(peers)))
-            elif iface.kind == "ether":
-                seg = world.segments.get(iface.segment or "")
-                if seg is None:
-                    unsupported.append(f"{key}: {iface.name} is attached to no segment")
-                    continue
-                if seg.kind == "lan":
-                    peer_ns = seg_ns[seg.name]
-                    n = port_counter.get(peer_ns, 0)
-                    port_counter[peer_ns] = n + 1
-                    mac = lan_macs[(key, iface.name)] = _mac(len(lan_macs) + 1, 0x65)
-                    veths.append(Veth(me, iface.name, peer_ns, _check_ifname(f"p{n}"),
-                                      master=SEGMENT_BRIDGE, mtu=iface.mtu, a_mac=mac))
-                elif seg.kind == "bridge" and seg.owner in names.by_key:
-                    owner = names.by_key[seg.owner]
-                    n = port_counter.get(owner, 0)
-                    port_counter[owner] = n + 1
-                    veths.append(Veth(me, iface.name, owner, _check_ifname(f"veth{n}"),
-                                      master=seg.owner_iface or "cni0", hairpin=True,
-                                      mtu=iface.mtu))
-                else:
-                    unsupported.append(f"{key}: {iface.name} on a {seg.kind} segment is not emulated")
-                    continue
-            else:
-                unsupported.append(f"{key}: interface kind {iface.kind!r} is not emulated")
+            if not self.interface(key, me, iface, lans, dev):
                 continue
-            addresses += [(iface.name, f"{ip_str(a)}/{p}") for a, p in iface.addresses]
-            up.append(iface.name)
+            dev.addresses += [(iface.name, f"{ip_str(a)}/{p}") for a, p in iface.addresses]
+            dev.up.append(iface.name)
         routes = [r for r in ns.routes.routes() if r.origin != "kernel"]
         # Less specific last: a route's gateway must already be reachable when it is added.
         routes.sort(key=lambda r: (-r.dest.prefix, r.dest.network))
-        sysctls = [
-            ("net.ipv4.ip_forward", "1" if ns.ip_forward else "0"),
-            # The simulator models neither reverse-path filtering nor ICMP redirects.
-            ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.default.send_redirects", "0"),
-            ("net.ipv4.conf.all.accept_redirects", "0"),
-            ("net.ipv4.conf.default.accept_redirects", "0"),
-        ]
-        plans.append(NetnsPlan(key, me, ns.kind, tuple(bridges), tuple(dummies), tuple(addresses),
-                               tuple(up), tuple(a for r in routes if (a := _route_args(r))),
-                               tuple(sysctls), bridge_nf))
-    announced = _announcements(world, names.by_key, lan_macs)
-    plans = [replace(p, neighbours=tuple(announced.get(p.name, ()))) for p in plans]
-    for seg_name, me in seg_ns.items():
-        plans.append(NetnsPlan(f"segment/{seg_name}", me, "segment", (SEGMENT_BRIDGE,), (), (),
-                               ("lo", SEGMENT_BRIDGE),
-                               sysctls=(("net.ipv4.ip_forward", "0"),)))
-    return EmulationPlan(run_id, tuple(plans), tuple(veths), tuple(vxlans), tuple(unsupported),
-                         dict(names.by_key))
+        sysctls = (("net.ipv4.ip_forward", "1" if ns.ip_forward else "0"), *SYSCTLS, *NO_IPV6)
+        return NetnsPlan(key, me, ns.kind, tuple(dev.bridges), tuple(dev.dummies),
+                         tuple(dev.addresses), tuple(dev.up),
+                         tuple(a for r in routes if (a := _route_args(r))), sysctls,
+                         dev.bridge_nf)  # fmt: skip
+
+    def interface(
+        self, key: str, me: str, iface: Interface, lans: dict[str, str], dev: _Devices
+    ) -> bool:
+        """Plan one interface; False if it cannot be built (recorded as unsupported)."""
+        if iface.kind == "bridge":
+            dev.bridges.append(iface.name)
+            seg = self.world.segments.get(iface.segment or "")
+            dev.bridge_nf = dev.bridge_nf or bool(seg is not None and seg.bridge_nf)
+            return True
+        if iface.kind == "dummy":
+            dev.dummies.append(iface.name)
+            return True
+        if iface.kind == "vxlan":
+            return self.vxlan(key, me, iface)
+        if iface.kind != "ether":
+            self.unsupported.append(f"{key}: interface kind {iface.kind!r} is not emulated")
+            return False
+        seg = self.world.segments.get(iface.segment or "")
+        if seg is not None and seg.kind == "lan":
+            mac = self.lan_macs[(key, iface.name)] = _mac(len(self.lan_macs) + 1, 0x65)
+            lan = lans[seg.name]
+            self.veths.append(Veth(me, iface.name, lan, self.port(lan, "p"),
+                                   master=SEGMENT_BRIDGE, mtu=iface.mtu, a_mac=mac))  # fmt: skip
+            return True
+        if seg is not None and seg.kind == "bridge" and seg.owner in self.netns:
+            owner = self.netns[seg.owner]
+            self.veths.append(Veth(me, iface.name, owner, self.port(owner, "veth"),
+                                   master=seg.owner_iface or "cni0", hairpin=True,
+                                   mtu=iface.mtu))  # fmt: skip
+            return True
+        where = f"a {seg.kind} segment" if seg is not None else "no segment"
+        self.unsupported.append(f"{key}: {iface.name} on {where} is not emulated")
+        return False
+
+    def vxlan(self, key: str, me: str, iface: Interface) -> bool:
+        ns = self.world.namespaces[key]
+        vx = self.world.vxlans.get(key)
+        if vx is None or not iface.addresses:
+            self.unsupported.append(f"{key}: vxlan {iface.name} without tunnel configuration")
+            return False
+        peers = []
+        for vtep, underlay in sorted(vx.fdb.items()):
+            if vtep in self.vtep_macs:
+                peers.append((ip_str(vtep), self.vtep_macs[vtep], ip_str(underlay)))
+            else:
+                self.unsupported.append(f"{key}: no VTEP owns {ip_str(vtep)}")
+        holders = [i.name for i in ns.interfaces.values()
+                   if any(a == vx.local_underlay for a, _ in i.addresses)]  # fmt: skip
+        local_dev = holders[0] if holders else "eth0"
+        self.vxlans.append(VxlanDevice(me, iface.name, self.vtep_macs[iface.addresses[0][0]],
+                                       ip_str(vx.local_underlay), local_dev, iface.mtu,
+                                       tuple(peers)))  # fmt: skip
+        return True
 
 
-def build_steps(plan: EmulationPlan) -> list[Step]:
-    """Commands in dependency order: namespaces, sysctls, devices, addresses, links up,
-    enslaving, routes, VXLAN forwarding entries."""
-    steps: list[Step] = [Step(None, ("ip", "netns", "add", n.name), why="namespace")
-                         for n in plan.namespaces]
-    for n in plan.namespaces:
-        # Before any device exists: new devices inherit conf.default.
-        args = [f"{k}={v}" for k, v in n.sysctls]
-        steps.append(Step(n.name, ("sysctl", "-q", "-w", *args), why="sysctls"))
-    devices: dict[str, list[str]] = {n.name: [] for n in plan.namespaces}
-    for n in plan.namespaces:
-        devices[n.name] += [f"link add {b} type bridge" for b in n.bridges]
-        devices[n.name] += [f"link add {d} type dummy" for d in n.dummies]
-    for v in plan.veths:
-        # Created from inside a_ns with the peer placed directly in b_ns: no end ever exists
-        # in the root namespace.
-        mac = f" address {v.a_mac}" if v.a_mac else ""
-        devices[v.a_ns].append(f"link add {v.a_name}{mac} mtu {v.mtu} type veth peer name "
-                               f"{v.b_name} mtu {v.mtu} netns {v.b_ns}")
-    for x in plan.vxlans:
-        devices[x.ns].append(f"link add {x.name} address {x.mac} mtu {x.mtu} type vxlan id "
-                             f"{VXLAN_ID} dstport {VXLAN_PORT} local {x.local} dev {x.dev} nolearning")
-    for name, lines in devices.items():
-        if lines:
-            steps.append(_ip_batch(name, lines, "devices"))
-    config: dict[str, list[str]] = {n.name: [] for n in plan.namespaces}
-    for v in plan.veths:
-        if v.master:
-            config[v.b_ns].append(f"link set {v.b_name} master {v.master}")
-        if v.hairpin:
-            config[v.b_ns].append(f"link set {v.b_name} type bridge_slave hairpin on")
-        config[v.b_ns].append(f"link set {v.b_name} up")
-    for n in plan.namespaces:
-        config[n.name] += [f"addr add {a} dev {i}" for i, a in n.addresses]
-        config[n.name] += [f"link set {i} up" for i in n.links_up]
-    for name, lines in config.items():
-        if lines:
-            steps.append(_ip_batch(name, lines, "addresses and links"))
-    for n in plan.namespaces:
-        bridge_nf = "1" if n.bridge_nf else "0"
-        if n.bridges:
-            steps.append(Step(n.name, ("sysctl", "-q", "-w",
-                                       f"net.bridge.bridge-nf-call-iptables={bridge_nf}"),
-                              why="br_netfilter"))
-    for x in plan.vxlans:
-        lines = [f"neigh replace {vtep} lladdr {mac} dev {x.name} nud permanent"
-                 for vtep, mac, _ in x.peers]
-        if lines:
-            steps.append(_ip_batch(x.ns, lines, "vxlan neighbours"))
-        for _, mac, underlay in x.peers:
-            steps.append(Step(x.ns, ("bridge", "-n", x.ns, "fdb", "append", mac, "dev", x.name,
-                                     "dst", underlay), why="vxlan fdb"))
-    for n in plan.namespaces:
-        if n.neighbours:
-            steps.append(_ip_batch(n.name, [f"neigh replace {a}" for a in n.neighbours],
-                                   "announced addresses"))
-    for n in plan.namespaces:
-        if n.routes:
-            steps.append(_ip_batch(n.name, [f"route add {r}" for r in n.routes], "routes"))
-    return steps
-
-
-def _ip_batch(ns: str, lines: list[str], why: str) -> Step:
-    return Step(ns, ("ip", "-n", ns, "-batch", "-"), "\n".join(lines) + "\n", why)
+def plan_world(world: World, run_id: str) -> EmulationPlan:
+    """The kernel build of ``world`` for run ``run_id`` (pure: nothing is created)."""
+    return _Planner(world, run_id).plan()

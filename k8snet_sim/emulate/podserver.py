@@ -34,8 +34,12 @@ READ_TIMEOUT_S = 2.0
 
 def answer(name: str, peer: tuple[str, int], local: tuple[str, int]) -> bytes:
     """The reply to one request."""
-    return (json.dumps({"pod": name, "peer": f"{peer[0]}:{peer[1]}",
-                        "address": f"{local[0]}:{local[1]}"}) + "\n").encode()
+    return (
+        json.dumps(
+            {"pod": name, "peer": f"{peer[0]}:{peer[1]}", "address": f"{local[0]}:{local[1]}"}
+        )
+        + "\n"
+    ).encode()
 
 
 class _TCPHandler(socketserver.BaseRequestHandler):

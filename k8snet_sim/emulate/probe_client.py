@@ -8,7 +8,7 @@ and time. Standard library only; run as a script with one JSON argument::
 Attempts run in batches of ``batch`` concurrent connections (so unanswered attempts cost one
 timeout per batch, not one each) until ``max`` attempts, or earlier once ``min`` attempts are
 done, every address in ``want`` has answered and — with ``wantFailure`` — one attempt failed,
-or once ``giveUp`` attempts all failed.
+or once ``giveUp`` attempts all failed, or — with ``stopOnFailure`` — at the first failure.
 Each attempt is one request/response exchange like the simulator's: a TCP connection that
 sends a line and reads the pod server's JSON answer, or one UDP datagram and its answer on a
 connected socket (a reply from another address never reaches it). Prints one JSON object:
@@ -63,11 +63,14 @@ def attempt(ip: str, port: int, proto: str, timeout: float) -> dict[str, Any]:
             if kind == socket.SOCK_DGRAM:
                 break
         if not data:
-            out["error"] = "CLOSED"  # accepted, then closed without an answer (a proxy's dial failed)
+            out["error"] = (
+                "CLOSED"  # accepted, then closed without an answer (a proxy's dial failed)
+            )
             return out
         reply = json.loads(data.decode())
-        out.update(ok=True, pod=reply.get("pod"), peer=reply.get("peer"),
-                   address=reply.get("address"))
+        out.update(
+            ok=True, pod=reply.get("pod"), peer=reply.get("peer"), address=reply.get("address")
+        )
     except (OSError, ValueError) as err:
         out["error"] = _error_name(err)
     finally:
@@ -85,15 +88,16 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
     want = set(spec.get("want", []))
     want_failure = bool(spec.get("wantFailure", False))
     give_up = max(1, int(spec.get("giveUp", most)))
+    stop_on_failure = bool(spec.get("stopOnFailure", False))
     results: list[dict[str, Any]] = []
     while len(results) < most:
         n = min(batch, most - len(results))
         slots: list[dict[str, Any]] = [{} for _ in range(n)]
 
-        def one(i: int) -> None:
-            slots[i] = attempt(ip, port, proto, timeout)
+        def one(i: int, into: list[dict[str, Any]]) -> None:
+            into[i] = attempt(ip, port, proto, timeout)
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        threads = [threading.Thread(target=one, args=(i, slots)) for i in range(n)]
         for t in threads:
             t.start()
         for t in threads:
@@ -103,6 +107,8 @@ def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
         failed = any(not r.get("ok") for r in results)
         if len(results) >= least and want <= seen and (failed or not want_failure):
             break
+        if failed and stop_on_failure:
+            break  # one failure already contradicts "every attempt answers"
         if not seen and len(results) >= give_up:
             break  # nothing ever answered: unreachable, no point in waiting out every timeout
     return results

@@ -6,8 +6,9 @@ simulator (on its own fork, exploring every branch of the random choices, exactl
 
 Example
 -------
->>> from k8snet_sim.scenario.loader import load_scenario           # doctest: +SKIP
->>> report = emulate(load_scenario("scenarios/two-node-host-gw.yaml"), compare=True)  # doctest: +SKIP
+>>> from k8snet_sim.scenario.loader import load_scenario            # doctest: +SKIP
+>>> scenario = load_scenario("scenarios/two-node-host-gw.yaml")    # doctest: +SKIP
+>>> report = emulate(scenario, compare=True)                        # doctest: +SKIP
 >>> report.passed                                                   # doctest: +SKIP
 True
 """
@@ -20,15 +21,17 @@ from k8snet_sim.emulate.compare import CellResult, EmulationReport, SimVerdict, 
 from k8snet_sim.emulate.datapath import support_problem
 from k8snet_sim.emulate.janitor import EmulationError, require_root
 from k8snet_sim.emulate.probes import Probe, expect_probes, reach_probes, unique
-from k8snet_sim.emulate.session import Emulation, emulation, topology_world
+from k8snet_sim.emulate.session import Emulation, emulation
 from k8snet_sim.errors import K8sNetSimError
 
 
-def probes_for(scenario: Any, world: Any, *, reach: bool = False) -> list[Probe]:
+def probes_for(
+    scenario: Any, world: Any, *, reach: bool = False, sim: Any | None = None
+) -> list[Probe]:
     """The scenario's applicable ``expect:`` entries, then (with ``reach``) the matrix cells."""
     probes = expect_probes(scenario)
     if reach:
-        probes += reach_probes(world, world.info["state"])
+        probes += reach_probes(world, world.info["state"], sim)
     return unique(probes)
 
 
@@ -40,12 +43,16 @@ def simulate_cell(sim: Any, probe: Probe) -> SimVerdict | str:
         result = trace(sim.fork(), probe.source, probe.target)
     except K8sNetSimError as err:
         return str(err)
-    rows = result.possible_endpoints or [{
-        "ip": result.endpoint["ip"] if result.endpoint else None,
-        "port": result.endpoint["port"] if result.endpoint else None,
-        "pod": result.endpoint["pod"] if result.endpoint else None,
-        "reachable": result.reachable, "disposition": result.disposition,
-        "sourceSeenByBackend": result.source_seen_by_backend}]
+    rows = result.possible_endpoints or [
+        {
+            "ip": result.endpoint["ip"] if result.endpoint else None,
+            "port": result.endpoint["port"] if result.endpoint else None,
+            "pod": result.endpoint["pod"] if result.endpoint else None,
+            "reachable": result.reachable,
+            "disposition": result.disposition,
+            "sourceSeenByBackend": result.source_seen_by_backend,
+        }
+    ]
     return SimVerdict.from_rows(rows)
 
 
@@ -77,32 +84,38 @@ def probe_cells(emu: Emulation, probes: list[Probe], sim: Any | None) -> list[Ce
     return cells
 
 
-def emulate(scenario: Any, *, seed: int = 0, reach: bool = False, compare: bool = False,
-            run_id: str | None = None, keep: bool = False,
-            probes: list[Probe] | None = None) -> EmulationReport:
+def emulate(
+    scenario: Any,
+    *,
+    seed: int = 0,
+    reach: bool = False,
+    compare: bool = False,
+    run_id: str | None = None,
+    keep: bool = False,
+    probes: list[Probe] | None = None,
+) -> EmulationReport:
     """Build ``scenario`` (a loaded Scenario) in network namespaces, probe its cells on the
     real kernel and, with ``compare``, judge the simulator against it. Needs root."""
     require_root()
     problem = support_problem(scenario.mode)
     if problem is not None:
         raise EmulationError(problem)
-    world, sim, why_not = topology_world(scenario, seed=seed)
-    if compare and sim is None:
-        raise EmulationError(f"cannot compare: {why_not}",
-                             hint="run without --compare to probe the kernel alone")
-    state = world.info["state"] if sim is not None else _state_of(scenario)
-    cells = probes if probes is not None else probes_for(scenario, world, reach=reach)
-    with emulation(world, mode=scenario.mode, run_id=run_id, keep=keep, state=state) as emu:
+    from k8snet_sim.api import simulate
+
+    sim = simulate(scenario, seed=seed)
+    world = sim.world
+    cells = probes if probes is not None else probes_for(scenario, world, reach=reach, sim=sim)
+    with emulation(world, mode=scenario.mode, run_id=run_id, keep=keep) as emu:
         results = probe_cells(emu, cells, sim if compare else None)
-        report = EmulationReport(scenario.name, scenario.mode, emu.run_id, compare,
-                                 emu.br_netfilter, results, list(emu.notes),
-                                 emu.plan.names(), kept=keep)
-    if why_not:
-        report.notes.append(why_not)
+        report = EmulationReport(
+            scenario.name,
+            scenario.mode,
+            emu.run_id,
+            compare,
+            emu.br_netfilter,
+            results,
+            list(emu.notes),
+            emu.plan.names(),
+            kept=keep,
+        )
     return report
-
-
-def _state_of(scenario: Any) -> Any:
-    from k8snet_sim.cluster.build import build_cluster
-
-    return build_cluster(scenario).state

@@ -31,7 +31,13 @@ from k8snet_sim.cluster.model import ClusterState
 from k8snet_sim.emulate import datapath as dp
 from k8snet_sim.emulate.janitor import EmulationError, Janitor, require_root
 from k8snet_sim.emulate.plan import EmulationPlan, Step, plan_world
-from k8snet_sim.emulate.probes import AttemptPlan, KernelResult, Probe, attempt_plan
+from k8snet_sim.emulate.probes import (
+    MAX_ATTEMPTS,
+    AttemptPlan,
+    KernelResult,
+    Probe,
+    attempt_plan,
+)
 from k8snet_sim.errors import K8sNetSimError
 from k8snet_sim.net.addr import ip_str
 from k8snet_sim.net.packet import TCP, UDP
@@ -63,6 +69,8 @@ class Emulation:
     janitor: Janitor
     br_netfilter: bool = True
     notes: list[str] = field(default_factory=list)
+    datapaths: list[dp.NodeDatapath] = field(default_factory=list)
+    proxies: dict[str, int] = field(default_factory=dict)  # node → userspace proxy PID
 
     @property
     def run_id(self) -> str:
@@ -93,16 +101,54 @@ class Emulation:
         target = resolve_target(self.world, probe.target)
         candidates: tuple[str, ...] = ()
         if target.service is not None and target.service_port is not None:
-            candidates = tuple(e.address for e in self.state.endpoints_for(
-                target.service, target.service_port) if e.ready)
+            candidates = tuple(
+                e.address
+                for e in self.state.endpoints_for(target.service, target.service_port)
+                if e.ready
+            )
         plan = attempt_plan(rows, endpoints=candidates)
+        if target.service is not None and target.service.session_affinity == "ClientIP":
+            return KernelResult(
+                tuple(self._sticky_attempts(self.netns(source), target, plan)), affinity=True
+            )
         return KernelResult(tuple(self._attempts(self.netns(source), target, plan)))
+
+    def forget_affinity(self) -> None:
+        """Forget ClientIP affinities on every node (see :func:`datapath.forget_affinity`)."""
+        dp.forget_affinity(self.janitor, self.plan, self.datapaths, self.proxies)
+
+    def _sticky_attempts(self, ns: str, target: Target, plan: AttemptPlan) -> list[dict[str, Any]]:
+        """ClientIP affinity pins every attempt of one client to one endpoint, so each round
+        starts from forgotten affinities (like the simulator's fresh fork per branch) and makes
+        two attempts in a row: the second must reach the first's endpoint."""
+        attempts: list[dict[str, Any]] = []
+        one_round = AttemptPlan(2, 2, 1, (), False, 2, timeout=plan.timeout)
+        # Each round is one draw: as many draws as attempts, within the attempt cap.
+        rounds = max(1, min(plan.max, MAX_ATTEMPTS // 2))
+        for index in range(rounds):
+            self.forget_affinity()
+            got = self._attempts(ns, target, one_round)
+            attempts += [{**a, "round": index} for a in got]
+            seen = {a.get("address") for a in attempts if a.get("ok")}
+            failed = any(not a.get("ok") for a in attempts)
+            if (
+                len(attempts) >= plan.min
+                and set(plan.want) <= seen
+                and (failed or not plan.want_failure)
+            ):
+                break
+            if not seen and len(attempts) >= plan.give_up:
+                break
+            if failed and plan.stop_on_failure:
+                break
+        return attempts
 
     def _attempts(self, ns: str, target: Target, plan: AttemptPlan) -> list[dict[str, Any]]:
         proto = "UDP" if target.proto == UDP else "TCP"
         spec = plan.spec(ip_str(target.ip), target.port, proto)
-        done = self.janitor.exec(ns, [*python_script("probe_client.py"), json.dumps(spec)],
-                                 timeout=plan.budget_s())
+        done = self.janitor.exec(
+            ns, [*python_script("probe_client.py"), json.dumps(spec)], timeout=plan.budget_s()
+        )
         attempts: list[dict[str, Any]] = json.loads(done.stdout)["attempts"]
         return attempts
 
@@ -125,31 +171,19 @@ def _unsupported(emu: Emulation, source: str, target: Target) -> str | None:
     return None
 
 
-def topology_world(scenario: Any, *, seed: int = 0) -> tuple[Any, Any, str | None]:
-    """The simulator's world for ``scenario`` and the simulation, or — when the simulator
-    cannot run the scenario's mode yet — the world of the same scenario in iptables mode
-    (the topology does not depend on the mode) and the reason."""
-    from k8snet_sim.api import simulate
-    from k8snet_sim.errors import NotSupported
-
-    try:
-        sim = simulate(scenario, seed=seed)
-        return sim.world, sim, None
-    except NotSupported as err:
-        if scenario.mode != "nftables":
-            raise
-        kp = scenario.cluster.kube_proxy.model_copy(update={"mode": "iptables"})
-        cluster = scenario.cluster.model_copy(update={"kube_proxy": kp})
-        other = scenario.model_copy(update={"cluster": cluster})
-        sim = simulate(other, seed=seed)
-        return sim.world, None, f"the simulator cannot run {scenario.mode} mode yet ({err})"
-
-
 @contextmanager
-def emulation(world: Any, *, mode: str | None = None, run_id: str | None = None,
-              keep: bool = False, state: ClusterState | None = None) -> Iterator[Emulation]:
+def emulation(
+    world: Any,
+    *,
+    mode: str | None = None,
+    run_id: str | None = None,
+    keep: bool = False,
+    state: ClusterState | None = None,
+    pod_servers: bool = True,
+) -> Iterator[Emulation]:
     """Build ``world`` (a simulator World) in namespaces, load ``mode``'s rules, start pod
-    servers (and userspace proxies); clean up when the block ends."""
+    servers (unless ``pod_servers`` is false: a benchmark brings its own) and userspace
+    proxies; clean up when the block ends."""
     require_root()
     state = state or world.info["state"]
     assert state is not None
@@ -161,11 +195,11 @@ def emulation(world: Any, *, mode: str | None = None, run_id: str | None = None,
     janitor = Janitor(plan.run_id, keep=keep)
     with janitor.guard():
         emu = Emulation(world, state, mode, plan, janitor, notes=list(plan.unsupported))
-        _build(emu)
+        _build(emu, pod_servers=pod_servers)
         yield emu
 
 
-def _build(emu: Emulation) -> None:
+def _build(emu: Emulation, *, pod_servers: bool = True) -> None:
     janitor, plan = emu.janitor, emu.plan
     node_names = [n.name for n in plan.namespaces if n.kind == "node"]
     br_nf: bool | None = None
@@ -177,14 +211,19 @@ def _build(emu: Emulation) -> None:
                 continue
         janitor.run(step)
     _wait_forwarding(emu)
-    emu.br_netfilter = bool(br_nf) if br_nf is not None else bool(
-        node_names and dp.has_br_netfilter(janitor, node_names[0]))
+    emu.br_netfilter = (
+        bool(br_nf)
+        if br_nf is not None
+        else bool(node_names and dp.has_br_netfilter(janitor, node_names[0]))
+    )
     if not emu.br_netfilter:
-        emu.notes.append("kernel lacks br_netfilter (net.bridge.bridge-nf-call-iptables): "
-                         "replies between pods on one node bypass iptables")
-    datapaths = dp.node_datapaths(emu.world, emu.state, emu.mode)
+        emu.notes.append(
+            "kernel lacks br_netfilter (net.bridge.bridge-nf-call-iptables): "
+            "replies between pods on one node bypass iptables"
+        )
+    datapaths = emu.datapaths = dp.node_datapaths(emu.world, emu.state, emu.mode)
     dp.load(janitor, plan, datapaths)
-    _start_processes(emu, datapaths)
+    _start_processes(emu, datapaths, pod_servers=pod_servers)
 
 
 def _wait_forwarding(emu: Emulation) -> None:
@@ -195,23 +234,27 @@ def _wait_forwarding(emu: Emulation) -> None:
     pending = [n.name for n in emu.plan.namespaces if n.bridges]
     while pending:
         ns = pending[0]
-        done = emu.janitor.run(Step(ns, ("bridge", "-n", ns, "-j", "link", "show"),
-                                    why="bridge port states"))
+        done = emu.janitor.run(
+            Step(ns, ("bridge", "-n", ns, "-j", "link", "show"), why="bridge port states")
+        )
         ports = json.loads(done.stdout or "[]")
         if all(p.get("state") == "forwarding" for p in ports):
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
             stuck = [p.get("ifname") for p in ports if p.get("state") != "forwarding"]
-            raise EmulationError(f"bridge ports {stuck} in {ns} do not forward after "
-                                 f"{FORWARDING_TIMEOUT_S}s")
+            raise EmulationError(
+                f"bridge ports {stuck} in {ns} do not forward after {FORWARDING_TIMEOUT_S}s"
+            )
         time.sleep(0.05)
 
 
-def _start_processes(emu: Emulation, datapaths: list[dp.NodeDatapath]) -> None:
+def _start_processes(
+    emu: Emulation, datapaths: list[dp.NodeDatapath], *, pod_servers: bool = True
+) -> None:
     lifetime = str(KEPT_LIFETIME_S if emu.janitor.keep else SERVER_LIFETIME_S)
     started = []
-    for pod in emu.state.pods:
+    for pod in emu.state.pods if pod_servers else ():
         ns_key = f"node/{pod.node}" if pod.host_network else f"pod/{pod.key}"
         if ns_key not in emu.plan.netns:
             continue
@@ -225,10 +268,16 @@ def _start_processes(emu: Emulation, datapaths: list[dp.NodeDatapath]) -> None:
         started.append((f"pod server {pod.key}", emu.janitor.spawn(emu.plan.netns[ns_key], argv)))
     for d in datapaths:
         if d.proxy_ports:
-            argv = [*python_script("userspace_proxy.py"), "--config", d.proxy_config(),
-                    "--lifetime", lifetime]
-            started.append((f"userspace proxy on {d.node}",
-                            emu.janitor.spawn(emu.plan.netns[f"node/{d.node}"], argv)))
+            argv = [
+                *python_script("userspace_proxy.py"),
+                "--config",
+                d.proxy_config(),
+                "--lifetime",
+                lifetime,
+            ]
+            proc = emu.janitor.spawn(emu.plan.netns[f"node/{d.node}"], argv)
+            emu.proxies[d.node] = proc.pid
+            started.append((f"userspace proxy on {d.node}", proc))
     deadline = time.monotonic() + READY_TIMEOUT_S
     for what, proc in started:
         assert proc.stdout is not None

@@ -10,20 +10,26 @@ Like upstream's userspace proxier (K19 ``pkg/proxy/userspace/proxysocket.go``,
 next endpoint of that Service port round-robin, dials it from the node (so the backend sees the
 node's address), retries the next endpoint after 250 ms, 500 ms, 1 s, 2 s, and copies bytes
 both ways. UDP: every datagram is relayed on a fresh socket to the next endpoint and the first
-answer is sent back from the proxy port. Session affinity is not implemented (no bundled
-scenario asks for it). Prints ``ready`` once every port is bound; exits after ``--lifetime``.
+answer is sent back from the proxy port. ClientIP session affinity keeps a client on its
+endpoint for ``affinitySeconds`` (``SIGUSR1`` forgets every affinity, so a probe can start
+afresh). Prints ``ready`` once every port is bound; exits after ``--lifetime``.
 
 Example
 -------
 >>> rr = RoundRobin(["10.0.0.1:80", "10.0.0.2:80"])
 >>> [rr.next() for _ in range(3)]
 [('10.0.0.1', 80), ('10.0.0.2', 80), ('10.0.0.1', 80)]
+>>> sticky = RoundRobin(["10.0.0.1:80", "10.0.0.2:80"], affinity_s=60)
+>>> [sticky.next("10.9.9.9") for _ in range(2)], sticky.next("10.9.9.8")
+([('10.0.0.1', 80), ('10.0.0.1', 80)], ('10.0.0.2', 80))
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import socket
 import sys
 import threading
@@ -35,20 +41,34 @@ IDLE_TIMEOUT_S = 10.0
 
 
 class RoundRobin:
-    """Upstream's LoadBalancerRR without affinity: one index per Service port."""
+    """Upstream's LoadBalancerRR: one index per Service port, optional ClientIP affinity."""
 
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], affinity_s: float = 0.0) -> None:
         self.endpoints = [(h, int(p)) for h, _, p in (e.rpartition(":") for e in endpoints)]
         self.index = 0
+        self.affinity_s = affinity_s
+        self.affinity: dict[str, tuple[int, float]] = {}  # client IP → (endpoint, last used)
         self.lock = threading.Lock()
 
-    def next(self) -> tuple[str, int] | None:
+    def next(self, client: str = "", *, retry: bool = False) -> tuple[str, int] | None:
         with self.lock:
             if not self.endpoints:
                 return None
-            ep = self.endpoints[self.index % len(self.endpoints)]
-            self.index = (self.index + 1) % len(self.endpoints)
-            return ep
+            now = time.monotonic()
+            if self.affinity_s and not retry:
+                hit = self.affinity.get(client)
+                if hit is not None and now - hit[1] < self.affinity_s:
+                    self.affinity[client] = (hit[0], now)
+                    return self.endpoints[hit[0]]
+            index = self.index % len(self.endpoints)
+            self.index = (index + 1) % len(self.endpoints)
+            if self.affinity_s:
+                self.affinity[client] = (index, now)
+            return self.endpoints[index]
+
+    def forget(self) -> None:
+        with self.lock:
+            self.affinity.clear()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -62,16 +82,15 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (dst, src):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def _serve_tcp_client(client: socket.socket, rr: RoundRobin) -> None:
     backend = None
-    for timeout in DIAL_TIMEOUTS_S:
-        ep = rr.next()
+    peer = client.getpeername()[0]
+    for attempt, timeout in enumerate(DIAL_TIMEOUTS_S):
+        ep = rr.next(peer, retry=attempt > 0)
         if ep is None:
             break
         try:
@@ -104,7 +123,7 @@ def _tcp_loop(port: int, rr: RoundRobin, ready: threading.Event) -> None:
 
 
 def _relay_udp(srv: socket.socket, data: bytes, client: tuple[str, int], rr: RoundRobin) -> None:
-    ep = rr.next()
+    ep = rr.next(client[0])
     if ep is None:
         return
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
@@ -129,8 +148,16 @@ def _udp_loop(port: int, rr: RoundRobin, ready: threading.Event) -> None:
 
 def serve(config: dict[str, object], lifetime: float) -> None:
     events = []
+    balancers: list[RoundRobin] = []
+
+    def forget(signum: int, frame: object) -> None:
+        for b in balancers:
+            b.forget()
+
+    signal.signal(signal.SIGUSR1, forget)
     for spec in config.get("ports", []):  # type: ignore[attr-defined]
-        rr = RoundRobin(list(spec["endpoints"]))
+        rr = RoundRobin(list(spec["endpoints"]), float(spec.get("affinitySeconds", 0)))
+        balancers.append(rr)
         loop = _udp_loop if str(spec["proto"]).upper() == "UDP" else _tcp_loop
         ready = threading.Event()
         threading.Thread(target=loop, args=(int(spec["port"]), rr, ready), daemon=True).start()
@@ -145,7 +172,7 @@ def serve(config: dict[str, object], lifetime: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="JSON: {ports: [{name, proto, port, endpoints}]}")
+    parser.add_argument("--config", required=True, help="JSON: {ports: [{name, proto, port, …}]}")
     parser.add_argument("--lifetime", type=float, default=600.0)
     args = parser.parse_args(argv)
     serve(json.loads(args.config), args.lifetime)
