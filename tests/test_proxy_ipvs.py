@@ -236,14 +236,6 @@ def test_service_addresses_are_bound_to_the_dummy_device() -> None:
     assert config.ipset("KUBE-IPVS-IPS").entries() == list(config.addresses)
 
 
-def test_proxied_load_balancer_addresses_are_left_alone() -> None:
-    svc = web("LoadBalancer", node_port=30080, load_balancer_ips=("192.168.10.200",))
-    config = sync(cluster((svc, EPS)), NODE, proxied_load_balancers=True)
-    assert "TCP 192.168.10.200:80" not in servers(config)
-    assert "192.168.10.200" not in config.addresses
-    assert "KUBE-LOAD-BALANCER" not in members(config)
-
-
 @pytest.mark.parametrize(
     ("svc", "expected"),
     [
