@@ -177,8 +177,14 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
         )
     console.print(table)
     for r in result.rows:
+        # One line per kind of failure: the first reason, and how many endpoints share it.
+        kinds: dict[str, list[str]] = {}
         for failure in r.failures:
-            console.print(Text(f"  {r.mode}: {failure}", style="yellow"))
+            kinds.setdefault(failure.split(":", 1)[0], []).append(failure)
+        for kind, failures in kinds.items():
+            more = f" (×{len(failures)} endpoints, e.g.)" if len(failures) > 1 else ""
+            console.print(Text(f"  {r.mode}: {kind}{more}{failures[0].split(':', 1)[1]}",
+                               style="yellow"))
         if r.reachable == "error":
             console.print(Text(f"  {r.mode}: {r.reason}", style="red"))
 
