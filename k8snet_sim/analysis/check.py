@@ -105,17 +105,7 @@ def _endpoint_names(row: dict[str, Any]) -> set[str]:
 
 def judge(expectation: Any, result: TraceResult) -> list[str]:
     """Failures of one expectation against a trace (empty list = it holds)."""
-    rows = result.possible_endpoints or [
-        {
-            "ip": result.endpoint["ip"] if result.endpoint else None,
-            "port": result.endpoint["port"] if result.endpoint else None,
-            "pod": result.endpoint["pod"] if result.endpoint else None,
-            "reachable": result.reachable,
-            "disposition": result.disposition,
-            "sourceSeenByBackend": result.source_seen_by_backend,
-            "probability": 1.0,
-        }
-    ]
+    rows = result.branches()
     failures: list[str] = []
     ok = [r for r in rows if r["reachable"]]
     bad = [r for r in rows if not r["reachable"]]

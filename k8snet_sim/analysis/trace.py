@@ -70,6 +70,26 @@ class TraceResult:
     service: dict[str, Any] | None = None  # the Service port the target names: port mapping
     http_status: int | None = None
 
+    def branches(self) -> list[dict[str, Any]]:
+        """The possible-endpoint rows; for a trace run without exploring, the sampled
+        connection as the single row."""
+        if self.possible_endpoints:
+            return self.possible_endpoints
+        ep = self.endpoint or {}
+        return [
+            {
+                "ip": ep.get("ip"),
+                "port": ep.get("port"),
+                "pod": ep.get("pod"),
+                "node": ep.get("node"),
+                "reachable": self.reachable,
+                "probability": 1.0,
+                "disposition": self.disposition,
+                "reason": self.reason,
+                "sourceSeenByBackend": self.source_seen_by_backend,
+            }
+        ]
+
     def summary(self) -> str:
         where = f" → {self.endpoint['pod'] or self.endpoint['ip']}" if self.endpoint else ""
         return f"{self.source} → {self.target}{where}: {self.disposition} — {self.reason}"

@@ -43,16 +43,7 @@ def simulate_cell(sim: Any, probe: Probe) -> SimVerdict | str:
         result = trace(sim.fork(), probe.source, probe.target)
     except K8sNetSimError as err:
         return str(err)
-    rows = result.possible_endpoints or [
-        {
-            "ip": result.endpoint["ip"] if result.endpoint else None,
-            "port": result.endpoint["port"] if result.endpoint else None,
-            "pod": result.endpoint["pod"] if result.endpoint else None,
-            "reachable": result.reachable,
-            "disposition": result.disposition,
-            "sourceSeenByBackend": result.source_seen_by_backend,
-        }
-    ]
+    rows = result.branches()
     return SimVerdict.from_rows(rows)
 
 
