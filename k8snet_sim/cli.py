@@ -32,7 +32,10 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ModeOpt = Annotated[str | None, typer.Option("--mode", help="Override the kube-proxy mode.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field: dotted.key=value (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a scenario field: dotted.key=value (repeatable)."),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the simulation's random generator.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (YAML).", show_default=False)]
@@ -70,8 +73,13 @@ def _load(scenario: Path, mode: str | None, sets: list[str] | None, seed: int) -
 
 @app.command()
 @handle_errors
-def validate(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, seed: SeedOpt = 0,
-             as_json: JsonOpt = False) -> None:
+def validate(
+    scenario: ScenarioArg,
+    mode: ModeOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
     """Load and check a scenario; show what the control plane made of it and what is ignored."""
     from k8snet_sim.report.scenario import validate_report, validate_view
 
@@ -87,14 +95,20 @@ def validate(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, s
 @handle_errors
 def trace(
     scenario: ScenarioArg,
-    source: Annotated[str, typer.Option("--from", help="Source: pod/NS/NAME, node/N, host/N, router/N.")],
+    source: Annotated[
+        str, typer.Option("--from", help="Source: pod/NS/NAME, node/N, host/N, router/N.")
+    ],
     target: Annotated[str, typer.Option("--to", help="Target: service/NS/NAME:PORT, IP:PORT, …")],
     mode: ModeOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write the topology with the path (PNG/SVG).")] = None,
-    log: Annotated[bool, typer.Option("--log", help="Also show every packet of the connection.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the topology with the path (PNG/SVG).")
+    ] = None,
+    log: Annotated[
+        bool, typer.Option("--log", help="Also show every packet of the connection.")
+    ] = False,
 ) -> None:
     """Trace one connection hop by hop: request, reply, and every endpoint it could reach."""
     from k8snet_sim.analysis.trace import trace as run_trace
@@ -137,13 +151,19 @@ def rules(
 @app.command("iptables-trace")
 @handle_errors
 def iptables_trace_cmd(
-    rules_file: Annotated[Path, typer.Option("--rules", help="An iptables-save dump (or - for stdin).")],
+    rules_file: Annotated[
+        Path, typer.Option("--rules", help="An iptables-save dump (or - for stdin).")
+    ],
     src: Annotated[str, typer.Option("--src", help="Source IP of the packet.")],
     dst: Annotated[str, typer.Option("--dst", help="Destination IP:PORT.")],
     proto: Annotated[str, typer.Option("--proto", help="tcp, udp or sctp.")] = "tcp",
-    local_ip: Annotated[list[str] | None, typer.Option("--local-ip", help="An address of the node (repeatable).")] = None,
+    local_ip: Annotated[
+        list[str] | None, typer.Option("--local-ip", help="An address of the node (repeatable).")
+    ] = None,
     as_json: JsonOpt = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the rules each branch hit.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the rules each branch hit.")
+    ] = False,
 ) -> None:
     """Trace a packet through a real iptables-save dump, as upstream's packet-flow tests do."""
     from k8snet_sim.analysis.iptables_trace import iptables_trace
@@ -157,8 +177,15 @@ def iptables_trace_cmd(
         text = sys.stdin.read() if str(rules_file) == "-" else rules_file.read_text()
     except OSError as err:
         raise K8sNetSimError(f"cannot read {rules_file}: {err.strerror}") from None
-    result = iptables_trace(text, src=src, dst=host, dport=int(port), proto=proto,
-                            local_ips=local_ip or (), file=str(rules_file))
+    result = iptables_trace(
+        text,
+        src=src,
+        dst=host,
+        dport=int(port),
+        proto=proto,
+        local_ips=local_ip or (),
+        file=str(rules_file),
+    )
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -167,8 +194,13 @@ def iptables_trace_cmd(
 
 @app.command()
 @handle_errors
-def check(scenario: ScenarioArg, mode: ModeOpt = None, set_: SetOpt = None, seed: SeedOpt = 0,
-          as_json: JsonOpt = False) -> None:
+def check(
+    scenario: ScenarioArg,
+    mode: ModeOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
     """Evaluate the scenario's expect: list; exit 1 if any expectation fails."""
     from k8snet_sim.analysis.check import check as run_check
     from k8snet_sim.report.terminal import print_check
@@ -189,7 +221,9 @@ def compare(
     scenario: ScenarioArg,
     source: Annotated[str, typer.Option("--from", help="Source reference.")],
     target: Annotated[str, typer.Option("--to", help="Target reference.")],
-    modes: Annotated[str, typer.Option("--modes", help="Comma-separated kube-proxy modes.")] = "userspace,iptables,ipvs,nftables",
+    modes: Annotated[
+        str, typer.Option("--modes", help="Comma-separated kube-proxy modes.")
+    ] = "userspace,iptables,ipvs,nftables",
     set_: SetOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,

@@ -67,7 +67,9 @@ class ScenarioError(K8sNetSimError):
 class RulesError(K8sNetSimError):
     """An iptables-save / nft dump could not be parsed or uses something not modelled."""
 
-    def __init__(self, message: str, *, line: int = 0, file: str = "<rules>", hint: str | None = None):
+    def __init__(
+        self, message: str, *, line: int = 0, file: str = "<rules>", hint: str | None = None
+    ):
         self.line = line
         self.file = file
         super().__init__(f"{file}:{line}: {message}" if line else message, hint=hint)

@@ -45,6 +45,7 @@ class ServiceIPAllocator:
     def __init__(self, cidr: str) -> None:
         self.cidr = Cidr.parse(cidr)
         self.owners: dict[int, str] = {}
+        self._scan_from = 1  # every address below this index is taken: allocation stays linear
         if self.cidr.size >= 4:
             self.owners[self.cidr.host(1)] = KUBERNETES_SERVICE
 
@@ -72,10 +73,11 @@ class ServiceIPAllocator:
 
     def allocate_next(self, owner: str) -> str:
         """The lowest free address. Raises :class:`AllocationError` when the range is full."""
-        for index in range(1, self.cidr.size - 1):
+        for index in range(self._scan_from, self.cidr.size - 1):
             value = self.cidr.host(index)
             if value not in self.owners:
                 self.owners[value] = owner
+                self._scan_from = index + 1
                 return ip_str(value)
         raise AllocationError(f"range is full: no free ClusterIP left in {self.cidr}")
 

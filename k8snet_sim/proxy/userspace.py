@@ -22,8 +22,9 @@ Example
 >>> cfg = sync(state, "n1")
 >>> cfg.ports[0].proxy_port, cfg.ports[0].name
 (40000, 'default/web:http')
->>> [l for l in cfg.rules.splitlines() if "REDIRECT" in l][0]
-'-A KUBE-PORTALS-CONTAINER -m comment --comment default/web:http -p tcp -m tcp --dport 80 -d 10.96.0.10/32 -j REDIRECT --to-ports 40000'
+>>> rule = next(line for line in cfg.rules.splitlines() if "REDIRECT" in line)
+>>> rule.split(" -j ")[1]
+'REDIRECT --to-ports 40000'
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class UserspaceConfig:
 
     def port_table(self) -> str:
         """The proxy-port table, as ``rules`` prints it after the iptables text."""
-        lines = ["# kube-proxy (userspace) proxy sockets on " + self.node,
-                 "# SERVICE-PORT                         PROTO  PROXY-PORT  ENDPOINTS"]
+        lines = [
+            "# kube-proxy (userspace) proxy sockets on " + self.node,
+            "# SERVICE-PORT                         PROTO  PROXY-PORT  ENDPOINTS",
+        ]
         for p in self.ports:
             eps = ",".join(e.address for e in p.endpoints) or "<none>"
             affinity = f"  (ClientIP affinity {p.affinity_timeout}s)" if p.session_affinity else ""
@@ -88,7 +91,9 @@ def sync(state: ClusterState, node: str) -> UserspaceConfig:
     np_host: list[str] = []
     np_filter: list[str] = []
     ports: list[ProxyPort] = []
-    services = sorted((s for s in state.services if not should_skip_service(s)), key=lambda s: s.key)
+    services = sorted(
+        (s for s in state.services if not should_skip_service(s)), key=lambda s: s.key
+    )
     next_port = PROXY_PORT_BASE
     for svc in services:
         for port in svc.ports:
@@ -98,39 +103,76 @@ def sync(state: ClusterState, node: str) -> UserspaceConfig:
             ports.append(_proxy_port(state, svc, port, name, proxy_port))
             # ClusterIP, then each externalIP and LoadBalancer ingress IP get portals.
             for address in (svc.cluster_ip, *external_ips(svc), *load_balancer_vips(svc)):
-                container.append(f"-A KUBE-PORTALS-CONTAINER {_common(name, proto, port.port, address)}"
-                                 f" -j REDIRECT --to-ports {proxy_port}")
-                host.append(f"-A KUBE-PORTALS-HOST {_common(name, proto, port.port, address)}"
-                            f" -j DNAT --to-destination {node_ip}:{proxy_port}")
+                container.append(
+                    f"-A KUBE-PORTALS-CONTAINER {_common(name, proto, port.port, address)}"
+                    f" -j REDIRECT --to-ports {proxy_port}"
+                )
+                host.append(
+                    f"-A KUBE-PORTALS-HOST {_common(name, proto, port.port, address)}"
+                    f" -j DNAT --to-destination {node_ip}:{proxy_port}"
+                )
             if port.node_port:
-                np_container.append(f"-A KUBE-NODEPORT-CONTAINER {_common(name, proto, port.node_port, None)}"
-                                    f" -j REDIRECT --to-ports {proxy_port}")
-                np_host.append(f"-A KUBE-NODEPORT-HOST {_common(name, proto, port.node_port, None)}"
-                               f" -j DNAT --to-destination {node_ip}:{proxy_port}")
+                np_container.append(
+                    f"-A KUBE-NODEPORT-CONTAINER {_common(name, proto, port.node_port, None)}"
+                    f" -j REDIRECT --to-ports {proxy_port}"
+                )
+                np_host.append(
+                    f"-A KUBE-NODEPORT-HOST {_common(name, proto, port.node_port, None)}"
+                    f" -j DNAT --to-destination {node_ip}:{proxy_port}"
+                )
                 p = proto.lower()
-                np_filter.append(f"-A KUBE-NODEPORT-NON-LOCAL -m comment --comment {_quote(name)}"
-                                 f" -p {p} -m {p} --dport {proxy_port} -m state --state NEW -j ACCEPT")
+                np_filter.append(
+                    f"-A KUBE-NODEPORT-NON-LOCAL -m comment --comment {_quote(name)}"
+                    f" -p {p} -m {p} --dport {proxy_port} -m state --state NEW -j ACCEPT"
+                )
     portal = '"handle ClusterIPs; NOTE: this must be before the NodePort rules"'
     nodeports = '"handle service NodePorts; NOTE: this must be the last rule in the chain"'
     lines = [
-        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+        "*filter",
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
         ":KUBE-NODEPORT-NON-LOCAL - [0:0]",
-        '-A INPUT -m comment --comment "Ensure that non-local NodePort traffic can flow" -j KUBE-NODEPORT-NON-LOCAL',
-        *np_filter, "COMMIT",
-        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-        ":POSTROUTING ACCEPT [0:0]", ":KUBE-NODEPORT-CONTAINER - [0:0]", ":KUBE-NODEPORT-HOST - [0:0]",
-        ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]",
+        '-A INPUT -m comment --comment "Ensure that non-local NodePort traffic can flow"'
+        " -j KUBE-NODEPORT-NON-LOCAL",
+        *np_filter,
+        "COMMIT",
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":INPUT ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":KUBE-NODEPORT-CONTAINER - [0:0]",
+        ":KUBE-NODEPORT-HOST - [0:0]",
+        ":KUBE-PORTALS-CONTAINER - [0:0]",
+        ":KUBE-PORTALS-HOST - [0:0]",
         f"-A PREROUTING -m comment --comment {portal} -j KUBE-PORTALS-CONTAINER",
-        f"-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment {nodeports} -j KUBE-NODEPORT-CONTAINER",
+        f"-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment {nodeports}"
+        " -j KUBE-NODEPORT-CONTAINER",
         f"-A OUTPUT -m comment --comment {portal} -j KUBE-PORTALS-HOST",
-        f"-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment {nodeports} -j KUBE-NODEPORT-HOST",
-        *np_container, *np_host, *container, *host, "COMMIT",
+        f"-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment {nodeports}"
+        " -j KUBE-NODEPORT-HOST",
+        *np_container,
+        *np_host,
+        *container,
+        *host,
+        "COMMIT",
     ]
     return UserspaceConfig(node, "\n".join(lines) + "\n", tuple(ports))
 
 
-def _proxy_port(state: ClusterState, svc: Service, port: ServicePort, name: str, proxy_port: int) -> ProxyPort:
+def _proxy_port(
+    state: ClusterState, svc: Service, port: ServicePort, name: str, proxy_port: int
+) -> ProxyPort:
     # The userspace proxier predates traffic policies: every ready endpoint, anywhere.
     ready = tuple(e for e in state.endpoints_for(svc, port) if e.ready)
-    return ProxyPort(name, port.protocol, proxy_port, svc.key, port.name, ready,
-                     svc.session_affinity == "ClientIP", svc.session_affinity_timeout)
+    return ProxyPort(
+        name,
+        port.protocol,
+        proxy_port,
+        svc.key,
+        port.name,
+        ready,
+        svc.session_affinity == "ClientIP",
+        svc.session_affinity_timeout,
+    )

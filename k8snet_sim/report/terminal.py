@@ -183,8 +183,9 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
             kinds.setdefault(failure.split(":", 1)[0], []).append(failure)
         for kind, failures in kinds.items():
             more = f" (×{len(failures)} endpoints, e.g.)" if len(failures) > 1 else ""
-            console.print(Text(f"  {r.mode}: {kind}{more}{failures[0].split(':', 1)[1]}",
-                               style="yellow"))
+            console.print(
+                Text(f"  {r.mode}: {kind}{more}{failures[0].split(':', 1)[1]}", style="yellow")
+            )
         if r.reachable == "error":
             console.print(Text(f"  {r.mode}: {r.reason}", style="red"))
 

@@ -384,7 +384,10 @@ class Scenario(BaseModel):
                 node = node[part]
             elif isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
-            elif isinstance(node, dict | list | tuple) and key.split(".", 1)[0] in ("manifests", "costs"):
+            elif isinstance(node, dict | list | tuple) and key.split(".", 1)[0] in (
+                "manifests",
+                "costs",
+            ):
                 return None
             else:
                 raise KeyError(f"unknown scenario key {key!r} (at {part!r})")

@@ -99,9 +99,23 @@ def load_yaml_documents(text: str, file: str) -> tuple[list[YamlDocument], list[
 
     Empty documents (``---`` with nothing after it) are skipped.
     """
+    # The C (libyaml) safe loader when available: the same nodes and marks, several times
+    # faster on big scenarios. Its error messages are terser, so a text with problems is
+    # parsed again by the pure-Python safe loader, whose messages say what it found.
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        docs, problems = _load_documents(text, file, fast)
+        if not problems:
+            return docs, problems
+    return _load_documents(text, file, yaml.SafeLoader)
+
+
+def _load_documents(
+    text: str, file: str, loader_class: Any
+) -> tuple[list[YamlDocument], list[Diagnostic]]:
     problems: list[Diagnostic] = []
     docs: list[YamlDocument] = []
-    loader = yaml.SafeLoader(text)
+    loader = loader_class(text)
     try:
         index = 0
         while loader.check_node():

@@ -37,11 +37,15 @@ class PodServer:
         if message.kind != "request":
             return
         size = int(message.data.get("responseBytes", self.response_bytes))
-        reply = Message("response", size, {
-            "pod": self.pod,
-            "peer": f"{ip_str(conn.remote[0])}:{conn.remote[1]}",
-            "address": f"{ip_str(conn.local[0])}:{conn.local[1]}",
-        })
+        reply = Message(
+            "response",
+            size,
+            {
+                "pod": self.pod,
+                "peer": f"{ip_str(conn.remote[0])}:{conn.remote[1]}",
+                "address": f"{ip_str(conn.local[0])}:{conn.local[1]}",
+            },
+        )
         # The application's own work runs on the pod's node, next to the packet processing.
         delay = sim.charge(sim.ns(conn.ns), sim.costs.app_service, APP_PROCESS)
         sim.later(delay, send_message, sim, conn, reply)

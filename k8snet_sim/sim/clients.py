@@ -83,17 +83,24 @@ class RequestClient:
             self._finish(sim, "reset", "connection reset by peer")
         elif reason.startswith("timeout"):
             self._finish(sim, "timeout", reason)
-        elif reason.startswith("icmp"):
-            self._finish(sim, "unreachable", reason)
-        elif reason.startswith("unreachable"):
+        elif reason.startswith("icmp") or reason.startswith("unreachable"):
             self._finish(sim, "unreachable", reason)
         else:
             self._finish(sim, "error", reason)
 
 
-def connect(sim: Simulation, ns_name: str, dst: int, dport: int, proto: int, app: Any, *,
-            conn_id: int | None = None, parent: int | None = None,
-            src: int | None = None) -> Endpoint | None:
+def connect(
+    sim: Simulation,
+    ns_name: str,
+    dst: int,
+    dport: int,
+    proto: int,
+    app: Any,
+    *,
+    conn_id: int | None = None,
+    parent: int | None = None,
+    src: int | None = None,
+) -> Endpoint | None:
     """Open a connection from ``ns_name`` (TCP/SCTP handshake; UDP: a connected socket that
     sends the request at once). Returns the endpoint, or None when there is no route (the app
     is told through ``on_closed``)."""

@@ -8,8 +8,8 @@ router without a route, time exceeded when the TTL runs out, RST or ICMP port un
 closed port, ICMP/RST from a REJECT rule.
 
 Each function does the work at the current simulated time, charges its CPU cost to the
-namespace's CPU owner, and hands the packet on through :class:`~k8snet_sim.sim.simulation.Simulation`
-(which owns links, queues and time).
+namespace's CPU owner, and hands the packet on through the
+:class:`~k8snet_sim.sim.simulation.Simulation` (which owns links, queues and time).
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from k8snet_sim.net.packet import (
     IcmpError,
     Packet,
 )
-from k8snet_sim.netfilter.context import ACCEPTED, ConnState, Hook, HookResult, PacketContext, Verdict
+from k8snet_sim.netfilter.context import (
+    ACCEPTED,
+    ConnState,
+    Hook,
+    HookResult,
+    PacketContext,
+    Verdict,
+)
 from k8snet_sim.netfilter.hooks import Skb, new_context
 from k8snet_sim.sim.recorder import Hop
 from k8snet_sim.sim.sockets import tcp_input, udp_input
@@ -43,7 +50,12 @@ if TYPE_CHECKING:
 VXLAN_PORT = 8472  # flannel's VXLAN UDP port (the IANA port is 4789)
 # Enum members bound once: looking them up on the class costs a descriptor call each time.
 _PREROUTING, _INPUT, _FORWARD, _OUTPUT, _POSTROUTING = (
-    Hook.PREROUTING, Hook.INPUT, Hook.FORWARD, Hook.OUTPUT, Hook.POSTROUTING)
+    Hook.PREROUTING,
+    Hook.INPUT,
+    Hook.FORWARD,
+    Hook.OUTPUT,
+    Hook.POSTROUTING,
+)
 _NEW = ConnState.NEW
 
 REJECT_ICMP_CODES = {
@@ -66,8 +78,14 @@ class Visit:
         self.hop: Hop | None = None
         if sim.recorder is not None and sim.recorder.wants(pkt):
             self.hop = Hop(
-                t=sim.env.now, node=ns.name, action="", packet="", packet_in=str(pkt),
-                label=pkt.label, conn_id=pkt.conn_id, direction=pkt.meta.get("dir", 0),
+                t=sim.env.now,
+                node=ns.name,
+                action="",
+                packet="",
+                packet_in=str(pkt),
+                label=pkt.label,
+                conn_id=pkt.conn_id,
+                direction=pkt.meta.get("dir", 0),
                 verdict=verdict,
             )
             sim.recorder.add(self.hop)
@@ -98,16 +116,28 @@ def _visit(sim: Simulation, ns: Namespace, pkt: Packet, verdict: str = "") -> Vi
     return _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt, verdict)
 
 
-def _skb(sim: Simulation, ns: Namespace, pkt: Packet, visit: Visit, hook: Hook,
-         in_iface: str | None = None, out_iface: str | None = None) -> Skb:
+def _skb(
+    sim: Simulation,
+    ns: Namespace,
+    pkt: Packet,
+    visit: Visit,
+    hook: Hook,
+    in_iface: str | None = None,
+    out_iface: str | None = None,
+) -> Skb:
     st = sim.state(ns.name)
     if visit.hop is None:  # the hot path: positional arguments, no trace lists
-        ctx = PacketContext(hook, sim.env.now, sim.chooser, st.nf, ns.is_local, in_iface,
-                            out_iface)
+        ctx = PacketContext(hook, sim.env.now, sim.chooser, st.nf, ns.is_local, in_iface, out_iface)
         return Skb(pkt, ctx, st.conntrack, ns)
     ctx = new_context(
-        hook=hook, now=sim.env.now, chooser=sim.chooser, state=st.nf, is_local=ns.is_local,
-        in_iface=in_iface, out_iface=out_iface, events=[],
+        hook=hook,
+        now=sim.env.now,
+        chooser=sim.chooser,
+        state=st.nf,
+        is_local=ns.is_local,
+        in_iface=in_iface,
+        out_iface=out_iface,
+        events=[],
     )
     return Skb(pkt, ctx, conntrack=st.conntrack, addressing=ns, rewrites=[])
 
@@ -143,12 +173,21 @@ def cost_of(sim: Simulation, skb: Skb | None, pkt: Packet) -> float:
 # ----------------------------------------------------------------------------- receive
 
 
-def receive(sim: Simulation, ns: Namespace, iface: str, pkt: Packet, skb: Skb | None = None) -> None:
+def receive(
+    sim: Simulation, ns: Namespace, iface: str, pkt: Packet, skb: Skb | None = None
+) -> None:
     """ip_rcv: a packet arrives on ``iface`` (``skb`` is passed when looping back locally)."""
     visit = _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt)
     pkt.mark = 0 if skb is None else pkt.mark  # skb->mark does not cross namespaces
-    if (skb is None and ns.martian_check and iface != "lo" and pkt.src in ns.local_addresses):
-        _drop(sim, ns, None, pkt, visit, f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}")
+    if skb is None and ns.martian_check and iface != "lo" and pkt.src in ns.local_addresses:
+        _drop(
+            sim,
+            ns,
+            None,
+            pkt,
+            visit,
+            f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}",
+        )
         return
     if skb is None:
         skb = _skb(sim, ns, pkt, visit, _PREROUTING, in_iface=iface)
@@ -169,13 +208,22 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
         _local_in(sim, ns, skb, visit)
         return
     if not ns.ip_forward:
-        _drop(sim, ns, skb, pkt, visit,
-              f"{ip_str(pkt.dst)} is not a local address and {ns.name} does not forward "
-              "(net.ipv4.ip_forward=0)", verdict="drop")
+        _drop(
+            sim,
+            ns,
+            skb,
+            pkt,
+            visit,
+            f"{ip_str(pkt.dst)} is not a local address and {ns.name} does not forward "
+            "(net.ipv4.ip_forward=0)",
+            verdict="drop",
+        )
         return
     route = ns.routes.lookup(pkt.dst)
     if route is None or route.kind != "unicast":
-        reason = f"no route to {ip_str(pkt.dst)}" if route is None else f"{route.kind} route {route}"
+        reason = (
+            f"no route to {ip_str(pkt.dst)}" if route is None else f"{route.kind} route {route}"
+        )
         _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_NET_UNREACH, reason)
         _finish(sim, ns, skb, pkt, visit, "no-route", f"NO_ROUTE at {ns.name}: {reason}")
         return
@@ -190,8 +238,14 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
     if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "FORWARD")
         return
-    _postrouting(sim, ns, skb, visit, route,
-                 f"forward {skb.ctx.in_iface} → {route}" if visit.hop is not None else "")
+    _postrouting(
+        sim,
+        ns,
+        skb,
+        visit,
+        route,
+        f"forward {skb.ctx.in_iface} → {route}" if visit.hop is not None else "",
+    )
 
 
 def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
@@ -208,8 +262,9 @@ def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
             return
         skb.ctx.out_iface = route.dev
         skb.next_hop = route.via if route.via is not None else pkt.dst
-        _postrouting(sim, ns, skb, visit, route,
-                     f"IPVS forward → {route}" if visit.hop is not None else "")
+        _postrouting(
+            sim, ns, skb, visit, route, f"IPVS forward → {route}" if visit.hop is not None else ""
+        )
         return
     cost, delay = _charge(sim, ns, skb, pkt)
     if visit.hop is not None:
@@ -223,8 +278,11 @@ def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
     sockets = sim.sockets_of(ns.name)
     if pkt.proto in (TCP, SCTP):
         note = tcp_input(sim, ns.name, sockets, pkt)
-        verdict = "stray" if note.startswith("no socket") else (
-            "refused" if note.startswith("no listener") else "deliver")
+        verdict = (
+            "stray"
+            if note.startswith("no socket")
+            else ("refused" if note.startswith("no listener") else "deliver")
+        )
         visit.done(skb, pkt, verdict, note)
         return
     if pkt.proto == UDP:
@@ -233,13 +291,24 @@ def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
             visit.done(skb, pkt, "deliver", f"VXLAN decapsulation on {vxlan}")
             receive(sim, ns, vxlan, pkt.payload)
             return
-        note = udp_input(sim, ns.name, sockets, pkt)
-        if note is None:
-            _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH,
-                        f"no listener on UDP {ip_str(pkt.dst)}:{pkt.dport}")
-            visit.done(skb, pkt, "refused", f"no listener on {ip_str(pkt.dst)}:{pkt.dport}: ICMP port unreachable")
+        delivered = udp_input(sim, ns.name, sockets, pkt)
+        if delivered is None:
+            _icmp_error(
+                sim,
+                ns,
+                skb,
+                ICMP_DEST_UNREACH,
+                ICMP_PORT_UNREACH,
+                f"no listener on UDP {ip_str(pkt.dst)}:{pkt.dport}",
+            )
+            visit.done(
+                skb,
+                pkt,
+                "refused",
+                f"no listener on {ip_str(pkt.dst)}:{pkt.dport}: ICMP port unreachable",
+            )
             return
-        visit.done(skb, pkt, "deliver", note)
+        visit.done(skb, pkt, "deliver", delivered)
         return
     if pkt.proto == ICMP and pkt.icmp is not None:
         note = sim.icmp_to_socket(ns.name, pkt)
@@ -293,7 +362,9 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
     return True
 
 
-def _postrouting(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, route: Route, action: str) -> None:
+def _postrouting(
+    sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, route: Route, action: str
+) -> None:
     result = ns.stack.run(_POSTROUTING, skb)
     if result is not ACCEPTED and not result.accepted:
         _refuse(sim, ns, skb, visit, result, "POSTROUTING")
@@ -331,19 +402,35 @@ def bridge_netfilter(sim: Simulation, owner: Namespace, port_iface: str, pkt: Pa
 # ----------------------------------------------------------------------------- failures
 
 
-def _finish(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet, visit: Visit,
-            verdict: str, action: str) -> None:
+def _finish(
+    sim: Simulation,
+    ns: Namespace,
+    skb: Skb | None,
+    pkt: Packet,
+    visit: Visit,
+    verdict: str,
+    action: str,
+) -> None:
     _charge(sim, ns, skb, pkt)
     sim.count(ns, verdict)
     visit.done(skb, pkt, verdict, action)
 
 
-def _drop(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet, visit: Visit,
-          reason: str, verdict: str = "drop") -> None:
+def _drop(
+    sim: Simulation,
+    ns: Namespace,
+    skb: Skb | None,
+    pkt: Packet,
+    visit: Visit,
+    reason: str,
+    verdict: str = "drop",
+) -> None:
     _finish(sim, ns, skb, pkt, visit, verdict, f"DROP at {ns.name}: {reason}")
 
 
-def _refuse(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, result: HookResult, where: str) -> None:
+def _refuse(
+    sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, result: HookResult, where: str
+) -> None:
     """A hook said DROP or REJECT."""
     pkt = skb.pkt
     why = result.reason or f"{where} verdict {result.verdict.value}"
@@ -359,8 +446,15 @@ def _refuse(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, result: Hook
     _finish(sim, ns, skb, pkt, visit, "drop", f"DROP at {ns.name} ({where}): {why}")
 
 
-def _icmp_error(sim: Simulation, ns: Namespace, skb: Skb, icmp_type: int, code: int,
-                reason: str, cause: str = "") -> None:
+def _icmp_error(
+    sim: Simulation,
+    ns: Namespace,
+    skb: Skb,
+    icmp_type: int,
+    code: int,
+    reason: str,
+    cause: str = "",
+) -> None:
     """icmp_send: tell the source why its packet went no further (never about an ICMP error)."""
     pkt = skb.pkt
     if pkt.proto == ICMP and pkt.icmp is not None:
@@ -369,9 +463,12 @@ def _icmp_error(sim: Simulation, ns: Namespace, skb: Skb, icmp_type: int, code: 
     if src is None:
         src = ns.primary_address() or 0
     error = Packet(
-        src=src, dst=pkt.src, proto=ICMP,
+        src=src,
+        dst=pkt.src,
+        proto=ICMP,
         icmp=IcmpError(icmp_type, code, pkt.tuple(), reporter=ns.name),
-        conn_id=pkt.conn_id, label="ICMP",
+        conn_id=pkt.conn_id,
+        label="ICMP",
         meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": cause or "icmp", "reason": reason},
     )
     sim.later(0.0, local_out, sim, ns, error, related=skb if cause == "reject" else None)
@@ -379,14 +476,23 @@ def _icmp_error(sim: Simulation, ns: Namespace, skb: Skb, icmp_type: int, code: 
 
 def _tcp_reset(sim: Simulation, ns: Namespace, skb: Skb, reason: str) -> None:
     pkt = skb.pkt
-    rst = Packet(src=pkt.dst, dst=pkt.src, proto=TCP, sport=pkt.dport, dport=pkt.sport,
-                 flags="RA", conn_id=pkt.conn_id, label="RST",
-                 meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "reject", "reason": reason})
+    rst = Packet(
+        src=pkt.dst,
+        dst=pkt.src,
+        proto=TCP,
+        sport=pkt.dport,
+        dport=pkt.sport,
+        flags="RA",
+        conn_id=pkt.conn_id,
+        label="RST",
+        meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "reject", "reason": reason},
+    )
     sim.later(0.0, local_out, sim, ns, rst, related=skb)
 
 
-def unreachable_neighbour(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet,
-                          next_hop: int, segment: str) -> None:
+def unreachable_neighbour(
+    sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet, next_hop: int, segment: str
+) -> None:
     """No ARP answer for the next hop: Linux reports host unreachable to the sender."""
     reason = f"no ARP reply for {ip_str(next_hop)} on {segment}"
     visit = _visit(sim, ns, pkt)

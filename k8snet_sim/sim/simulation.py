@@ -51,8 +51,17 @@ class TxQueue:
     occupies as many buffer slots as it has frames.
     """
 
-    __slots__ = ("name", "bandwidth_bps", "free_at", "backlog", "frames", "bytes", "packets",
-                 "busy_s", "drops")
+    __slots__ = (
+        "backlog",
+        "bandwidth_bps",
+        "busy_s",
+        "bytes",
+        "drops",
+        "frames",
+        "free_at",
+        "name",
+        "packets",
+    )
 
     def __init__(self, name: str, bandwidth_bps: float) -> None:
         self.name = name
@@ -69,8 +78,9 @@ class TxQueue:
 class _Call(simpy.events.Event):
     """A scheduled function call: a lighter Timeout with its callback built in (hot path)."""
 
-    def __init__(self, env: simpy.Environment, delay: float, fn: Callable[..., Any],
-                 args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, env: simpy.Environment, delay: float, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
         # Inlined Event.__init__, as simpy's own Timeout does, for speed.
         self.env = env
         self.callbacks = [_fire]
@@ -98,8 +108,15 @@ def frames_of(pkt: Packet) -> int:
 class Simulation:
     """A run over a :class:`~k8snet_sim.sim.world.World`."""
 
-    def __init__(self, world: World, *, seed: int = 0, chooser: Chooser | None = None,
-                 costs: CostModel | None = None, start: float = 0.0) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        seed: int = 0,
+        chooser: Chooser | None = None,
+        costs: CostModel | None = None,
+        start: float = 0.0,
+    ) -> None:
         self.world = world
         self.seed = seed
         self.env = simpy.Environment(initial_time=start)
@@ -153,8 +170,11 @@ class Simulation:
         sockets.conns = {k: copy.copy(v) for k, v in st.sockets.conns.items()}
         sockets._next_port = st.sockets._next_port
         return NsState(
-            conntrack=st.conntrack.copy(), nf=st.nf.copy(), sockets=sockets,
-            counters=dict(st.counters), apps=copy.deepcopy(st.apps),
+            conntrack=st.conntrack.copy(),
+            nf=st.nf.copy(),
+            sockets=sockets,
+            counters=dict(st.counters),
+            apps=copy.deepcopy(st.apps),
         )
 
     def sockets_of(self, name: str) -> SocketTable:
@@ -163,8 +183,13 @@ class Simulation:
 
     def fork(self, *, chooser: Chooser | None = None, seed: int | None = None) -> Simulation:
         """An independent continuation of this simulation from its current time and state."""
-        child = Simulation(self.world, seed=self.seed if seed is None else seed, chooser=chooser,
-                           costs=self.costs, start=self.env.now)
+        child = Simulation(
+            self.world,
+            seed=self.seed if seed is None else seed,
+            chooser=chooser,
+            costs=self.costs,
+            start=self.env.now,
+        )
         child.rng.setstate(self.rng.getstate())
         child._conn_seq = self._conn_seq
         # Namespaces this run has touched are copied now; untouched ones start fresh in the
@@ -230,12 +255,31 @@ class Simulation:
         """A socket or kernel component of ``ns_name`` sends ``pkt``."""
         datapath.local_out(self, self.world.namespaces[ns_name], pkt)
 
-    def transmit(self, ns: Namespace, iface_name: str, next_hop: int, pkt: Packet, *,
-                 delay: float = 0.0, skb: Skb | None = None) -> None:
-        """Put ``pkt`` on the wire of ``iface_name`` toward ``next_hop``."""
+    def transmit(
+        self,
+        ns: Namespace,
+        iface_name: str,
+        next_hop: int,
+        pkt: Packet,
+        *,
+        delay: float = 0.0,
+        skb: Skb | None = None,
+    ) -> None:
+        """Put ``pkt`` on the wire of ``iface_name`` toward ``next_hop`` once the CPU work of
+        ``delay`` seconds is done: a packet joins the egress queue when its processing ends,
+        so a first packet walking thousands of rules does not hold up packets other cores
+        finish earlier."""
+        if delay > 0.0:
+            _Call(self.env, delay, self._enqueue, (ns, iface_name, next_hop, pkt, skb))
+        else:
+            self._enqueue(ns, iface_name, next_hop, pkt, skb)
+
+    def _enqueue(
+        self, ns: Namespace, iface_name: str, next_hop: int, pkt: Packet, skb: Skb | None
+    ) -> None:
         iface = ns.interfaces[iface_name]
         if iface.kind == "vxlan":
-            self._vxlan_encap(ns, iface_name, next_hop, pkt, delay)
+            self._vxlan_encap(ns, iface_name, next_hop, pkt, 0.0)
             return
         if iface.segment is None:
             datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, iface_name)
@@ -245,8 +289,13 @@ class Simulation:
         if peer is None:
             datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, seg.name)
             return
-        if (seg.kind == "bridge" and seg.bridge_nf and seg.owner is not None
-                and ns.name != seg.owner and peer[0] != seg.owner):
+        if (
+            seg.kind == "bridge"
+            and seg.bridge_nf
+            and seg.owner is not None
+            and ns.name != seg.owner
+            and peer[0] != seg.owner
+        ):
             owner = self.world.namespaces[seg.owner]
             if not datapath.bridge_netfilter(self, owner, seg.owner_iface or "cni0", pkt):
                 return
@@ -262,9 +311,14 @@ class Simulation:
             self.count(ns, "tx-queue-drop")
             return
         # A segment train pays one header and one Ethernet framing per frame it stands for.
-        wire_length = length if frames == 1 else (
-            length + (frames - 1) * (HEADER_BYTES.get(pkt.proto, 28) + ETHERNET_OVERHEAD_BYTES))
-        start = max(now + delay, queue.free_at)
+        wire_length = (
+            length
+            if frames == 1
+            else (
+                length + (frames - 1) * (HEADER_BYTES.get(pkt.proto, 28) + ETHERNET_OVERHEAD_BYTES)
+            )
+        )
+        start = max(now, queue.free_at)
         serialization = seg.serialization_s(wire_length)
         depart = start + serialization
         queue.free_at = depart
@@ -277,7 +331,9 @@ class Simulation:
         if probe is not None:
             probe.on_link(queue, wire_length + ETHERNET_OVERHEAD_BYTES)
         peer_ns = self.world.namespaces[peer[0]]
-        _Call(self.env, depart + seg.latency_s - now, datapath.receive, (self, peer_ns, peer[1], pkt))
+        _Call(
+            self.env, depart + seg.latency_s - now, datapath.receive, (self, peer_ns, peer[1], pkt)
+        )
 
     def tx_queue(self, ns_name: str, iface_name: str) -> TxQueue:
         """The egress queue of ``iface_name`` in ``ns_name`` (created on first use)."""
@@ -289,8 +345,9 @@ class Simulation:
             queue = self.tx_queues[key] = TxQueue(f"{ns_name}:{iface_name}", bandwidth)
         return queue
 
-    def _vxlan_encap(self, ns: Namespace, iface: str, next_hop: int, inner: Packet,
-                     delay: float) -> None:
+    def _vxlan_encap(
+        self, ns: Namespace, iface: str, next_hop: int, inner: Packet, delay: float
+    ) -> None:
         vx = self.world.vxlans[ns.name]
         remote = vx.fdb.get(next_hop)
         if remote is None:
@@ -298,16 +355,26 @@ class Simulation:
             return
         # The outer UDP source port is a hash of the inner flow (udp_flow_src_port).
         sport = 32768 + hash((inner.src, inner.dst, inner.sport, inner.dport, inner.proto)) % 28232
-        outer = Packet(src=vx.local_underlay, dst=remote, proto=UDP, sport=sport,
-                       dport=datapath.VXLAN_PORT, length=inner.length + 50, payload=inner,
-                       conn_id=inner.conn_id, label=f"VXLAN({inner.label})",
-                       meta=dict(inner.meta))
+        outer = Packet(
+            src=vx.local_underlay,
+            dst=remote,
+            proto=UDP,
+            sport=sport,
+            dport=datapath.VXLAN_PORT,
+            length=inner.length + 50,
+            payload=inner,
+            conn_id=inner.conn_id,
+            label=f"VXLAN({inner.label})",
+            meta=dict(inner.meta),
+        )
         self.later(delay, datapath.local_out, self, ns, outer)
 
     # ------------------------------------------------------------------ sockets
 
     def _endpoint_for_sent(self, ns_name: str, pkt: Packet) -> Any:
-        return self.sockets_of(ns_name).conns.get((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        return self.sockets_of(ns_name).conns.get(
+            (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        )
 
     def socket_error(self, ns_name: str, pkt: Packet, reason: str) -> None:
         """A packet this namespace sent could not leave it: tell its socket."""
@@ -321,7 +388,9 @@ class Simulation:
         """Deliver an ICMP error to the socket whose packet it quotes."""
         assert pkt.icmp is not None
         orig = pkt.icmp.original
-        ep = self.sockets_of(ns_name).conns.get((orig.proto, orig.src, orig.sport, orig.dst, orig.dport))
+        ep = self.sockets_of(ns_name).conns.get(
+            (orig.proto, orig.src, orig.sport, orig.dst, orig.dport)
+        )
         if ep is None:
             return f"ICMP error about {orig}: no such connection here, ignored"
         self.sockets_of(ns_name).unregister(ep)

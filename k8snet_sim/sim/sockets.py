@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from k8snet_sim.net.addr import ip_str
-from k8snet_sim.net.packet import HEADER_BYTES, TCP, UDP, Packet
+from k8snet_sim.net.packet import HEADER_BYTES, SCTP, TCP, UDP, Packet
 
 if TYPE_CHECKING:
     from k8snet_sim.sim.simulation import Simulation
 
 EPHEMERAL_LO, EPHEMERAL_HI = 32768, 60999  # net.ipv4.ip_local_port_range
+
 
 @dataclass
 class Message:
@@ -53,8 +54,17 @@ class App(Protocol):
 class Endpoint:
     """A connected socket (TCP) or a connected UDP socket, in one namespace."""
 
-    def __init__(self, ns: str, proto: int, local: tuple[int, int], remote: tuple[int, int],
-                 app: App, *, conn_id: int, role: str) -> None:
+    def __init__(
+        self,
+        ns: str,
+        proto: int,
+        local: tuple[int, int],
+        remote: tuple[int, int],
+        app: App,
+        *,
+        conn_id: int,
+        role: str,
+    ) -> None:
         self.ns = ns
         self.proto = proto
         self.local = local
@@ -76,21 +86,39 @@ class Endpoint:
         if message is not None and "probe" in message.data:
             meta["probe"] = message.data["probe"]
         return Packet(
-            src=self.local[0], dst=self.remote[0], proto=self.proto, sport=self.local[1],
-            dport=self.remote[1], flags=flags, length=HEADER_BYTES.get(self.proto, 28) + size,
-            payload=message, conn_id=self.conn_id, label=label or flags, meta=meta,
+            src=self.local[0],
+            dst=self.remote[0],
+            proto=self.proto,
+            sport=self.local[1],
+            dport=self.remote[1],
+            flags=flags,
+            length=HEADER_BYTES.get(self.proto, 28) + size,
+            payload=message,
+            conn_id=self.conn_id,
+            label=label or flags,
+            meta=meta,
         )
 
     def describe(self) -> str:
-        return (f"{self.ns} {ip_str(self.local[0])}:{self.local[1]} ↔ "
-                f"{ip_str(self.remote[0])}:{self.remote[1]} {self.state}")
+        return (
+            f"{self.ns} {ip_str(self.local[0])}:{self.local[1]} ↔ "
+            f"{ip_str(self.remote[0])}:{self.remote[1]} {self.state}"
+        )
 
 
 class Listener:
     """A listening socket: ``bind_address`` 0 means all addresses (0.0.0.0)."""
 
-    def __init__(self, proto: int, port: int, app_factory: Any, *, bind_address: int = 0,
-                 name: str = "", pod: str | None = None) -> None:
+    def __init__(
+        self,
+        proto: int,
+        port: int,
+        app_factory: Any,
+        *,
+        bind_address: int = 0,
+        name: str = "",
+        pod: str | None = None,
+    ) -> None:
         self.proto = proto
         self.port = port
         self.bind_address = bind_address
@@ -101,15 +129,23 @@ class Listener:
     def note_accept(self, sim: Simulation, pkt: Packet) -> None:
         """Tell the recorder who accepted a traced connection (the endpoint it reached)."""
         if sim.recorder is not None and sim.recorder.wants(pkt):
-            sim.recorder.note(pkt.conn_id, accepted={
-                "listener": self.name, "pod": self.pod,
-                "address": f"{ip_str(pkt.dst)}:{pkt.dport}",
-                "peer": f"{ip_str(pkt.src)}:{pkt.sport}",
-            })
+            sim.recorder.note(
+                pkt.conn_id,
+                accepted={
+                    "listener": self.name,
+                    "pod": self.pod,
+                    "address": f"{ip_str(pkt.dst)}:{pkt.dport}",
+                    "peer": f"{ip_str(pkt.src)}:{pkt.sport}",
+                },
+            )
 
     def app_for(self, sim: Simulation, endpoint: Endpoint) -> App:
         factory = self.app_factory
-        return factory(sim, endpoint) if callable(factory) and not hasattr(factory, "on_message") else factory
+        return (
+            factory(sim, endpoint)
+            if callable(factory) and not hasattr(factory, "on_message")
+            else factory
+        )
 
 
 class SocketTable:
@@ -165,9 +201,15 @@ def tcp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
     if pkt.flags == "S":
         listener = sockets.listener_for(pkt.proto, pkt.dst, pkt.dport)
         if listener is not None:
-            server = Endpoint(ns, pkt.proto, (pkt.dst, pkt.dport), (pkt.src, pkt.sport),
-                              app=None,  # type: ignore[arg-type]
-                              conn_id=pkt.conn_id, role="server")
+            server = Endpoint(
+                ns,
+                pkt.proto,
+                (pkt.dst, pkt.dport),
+                (pkt.src, pkt.sport),
+                app=None,  # type: ignore[arg-type]
+                conn_id=pkt.conn_id,
+                role="server",
+            )
             server.app = listener.app_for(sim, server)
             server.meta["listener"] = listener.name
             server.state = "SYN_RECV"
@@ -179,9 +221,17 @@ def tcp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
         return "RST for no socket: ignored"
     # No socket: answer with RST (tcp_v4_send_reset), the way Linux refuses a closed port or a
     # segment it does not recognise — including a SYN-ACK that is not the reply it expected.
-    rst = Packet(src=pkt.dst, dst=pkt.src, proto=pkt.proto, sport=pkt.dport, dport=pkt.sport,
-                 flags="R" if "A" in pkt.flags else "RA", conn_id=pkt.conn_id, label="RST",
-                 meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "no-socket"})
+    rst = Packet(
+        src=pkt.dst,
+        dst=pkt.src,
+        proto=pkt.proto,
+        sport=pkt.dport,
+        dport=pkt.sport,
+        flags="R" if "A" in pkt.flags else "RA",
+        conn_id=pkt.conn_id,
+        label="RST",
+        meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "no-socket"},
+    )
     sim.send(ns, rst)
     if pkt.flags == "S":
         return f"no listener on {ip_str(pkt.dst)}:{pkt.dport}: RST"
@@ -264,8 +314,15 @@ def udp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
         return None
     # A UDP server answers from the address the request was sent to (IP_PKTINFO), through an
     # ephemeral endpoint object standing for the (address, peer) pair.
-    server = Endpoint(ns, UDP, (pkt.dst, pkt.dport), (pkt.src, pkt.sport), app=None,  # type: ignore[arg-type]
-                      conn_id=pkt.conn_id, role="server")
+    server = Endpoint(
+        ns,
+        UDP,
+        (pkt.dst, pkt.dport),
+        (pkt.src, pkt.sport),
+        app=None,  # type: ignore[arg-type]
+        conn_id=pkt.conn_id,
+        role="server",
+    )
     server.app = listener.app_for(sim, server)
     server.state = "ESTABLISHED"
     server.meta["listener"] = listener.name
@@ -283,10 +340,9 @@ def send_message(sim: Simulation, ep: Endpoint, message: Message) -> None:
 
 def close(sim: Simulation, ep: Endpoint) -> None:
     """Active close: send FIN (TCP); forget the socket (UDP)."""
-    if ep.proto == TCP or ep.proto == 132:
-        if ep.state == "ESTABLISHED":
-            ep.state = "FIN_WAIT"
-            sim.send(ep.ns, ep.packet("FA", label="FIN"))
-            return
+    if ep.proto in (TCP, SCTP) and ep.state == "ESTABLISHED":
+        ep.state = "FIN_WAIT"
+        sim.send(ep.ns, ep.packet("FA", label="FIN"))
+        return
     sim.sockets_of(ep.ns).unregister(ep)
     ep.state = "CLOSED"

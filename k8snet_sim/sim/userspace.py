@@ -56,8 +56,9 @@ class UserspaceProxy:
             if hit is not None and now - hit[1] < self.port.affinity_timeout:
                 state["affinity"][client_ip] = (hit[0], now)
                 return int(hit[0])
-        index = sim.chooser.pick(len(endpoints), state["index"] % len(endpoints),
-                                 f"{self.key} round-robin")
+        index = sim.chooser.pick(
+            len(endpoints), state["index"] % len(endpoints), f"{self.key} round-robin"
+        )
         state["index"] = (index + 1) % len(endpoints)
         if self.port.session_affinity:
             state["affinity"][client_ip] = (index, now)
@@ -75,8 +76,11 @@ class UserspaceProxy:
             return
         index = self.next_endpoint(sim, conn.remote[0], reset_affinity=attempt > 0)
         if index is None or attempt >= len(DIAL_TIMEOUTS):
-            why = (f"{self.port.name} has no endpoints" if index is None
-                   else f"no endpoint of {self.port.name} answered")
+            why = (
+                f"{self.port.name} has no endpoints"
+                if index is None
+                else f"no endpoint of {self.port.name} answered"
+            )
             self._note(sim, conn, f"kube-proxy (userspace) closed the connection: {why}", "refused")
             if sim.recorder is not None:
                 sim.recorder.note(conn.conn_id, refused_by=f"node {self.node_ns}: {why}")
@@ -84,18 +88,40 @@ class UserspaceProxy:
             return
         ep = self.port.endpoints[index]
         leg = BackendLeg(self, conn, attempt)
-        self._note(sim, conn, f"kube-proxy (userspace) {self.port.name}: accepted on "
-                   f":{self.port.proxy_port}, dialing endpoint {ep.address} "
-                   f"({'retry ' + str(attempt) if attempt else 'round-robin'})", "proxy")
-        backend = connect(sim, self.node_ns, ip(ep.ip), ep.port, PROTO_NUMBERS[self.port.protocol.lower()],
-                          leg, parent=conn.conn_id)
+        self._note(
+            sim,
+            conn,
+            f"kube-proxy (userspace) {self.port.name}: accepted on "
+            f":{self.port.proxy_port}, dialing endpoint {ep.address} "
+            f"({'retry ' + str(attempt) if attempt else 'round-robin'})",
+            "proxy",
+        )
+        backend = connect(
+            sim,
+            self.node_ns,
+            ip(ep.ip),
+            ep.port,
+            PROTO_NUMBERS[self.port.protocol.lower()],
+            leg,
+            parent=conn.conn_id,
+        )
         conn.meta["backend"] = backend
         sim.later(DIAL_TIMEOUTS[attempt], leg.dial_timeout, sim)
 
     def _note(self, sim: Simulation, conn: Endpoint, action: str, verdict: str) -> None:
         if sim.recorder is not None and conn.conn_id in sim.recorder.conn_ids:
-            sim.recorder.add(Hop(t=sim.env.now, node=self.node_ns, action=action, packet="",
-                                 label="proxy", conn_id=conn.conn_id, direction=0, verdict=verdict))
+            sim.recorder.add(
+                Hop(
+                    t=sim.env.now,
+                    node=self.node_ns,
+                    action=action,
+                    packet="",
+                    label="proxy",
+                    conn_id=conn.conn_id,
+                    direction=0,
+                    verdict=verdict,
+                )
+            )
 
     def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
         probe = message.data.get("probe")
@@ -171,4 +197,3 @@ def relay(sim: Simulation, node_ns: str, to: Endpoint, message: Message) -> None
     if probe is not None:
         probe.on_cpu(ns, cost, per_byte, process=PROCESS)
     sim.later(delay, send_message, sim, to, message)
-
