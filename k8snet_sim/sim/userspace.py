@@ -81,7 +81,7 @@ class UserspaceProxy:
                 if index is None
                 else f"no endpoint of {self.port.name} answered"
             )
-            self._note(sim, conn, f"kube-proxy (userspace) closed the connection: {why}", "refused")
+            self._note(sim, conn, f"kube-proxy (userspace) closed the connection: {why}", "closed")
             if sim.recorder is not None:
                 sim.recorder.note(conn.conn_id, refused_by=f"node {self.node_ns}: {why}")
             close(sim, conn)
