@@ -32,8 +32,10 @@ if TYPE_CHECKING:
     from k8snet_sim.analysis.reach import ReachDiff, ReachResult
 
 FORMATS = ("table", "md", "html", "json", "csv")
-LEGEND = ("✓ reachable (every possible endpoint answers)   ◐ k/n partial (k of n endpoints "
-          "answer)   ✗ unreachable   #n reason n below")
+LEGEND = (
+    "✓ reachable (every possible endpoint answers)   ◐ k/n partial (k of n endpoints "
+    "answer)   ✗ unreachable   #n reason n below"
+)
 STYLES = {"reachable": "bold green", "partial": "bold yellow", "unreachable": "bold red"}
 COLUMNS_PER_TABLE = 16  # wider grids are cut into several tables of targets
 
@@ -57,8 +59,9 @@ def _matrix(result: ReachResult) -> tuple[list[tuple[str, str]], list[list[tuple
         line = []
         for t in range(len(result.targets)):
             c = result.cell(i, t)
-            line.append((c.status, cell_text(c.status, c.reachable, c.total,
-                                             [ids[f] for f in c.failures])))
+            line.append(
+                (c.status, cell_text(c.status, c.reachable, c.total, [ids[f] for f in c.failures]))
+            )
         grid.append(line)
     return reasons, grid
 
@@ -110,8 +113,9 @@ def diff_view(diff: ReachDiff) -> Text:
     return text
 
 
-def print_reach(result: ReachResult, console: Console | None = None,
-                diff: ReachDiff | None = None) -> None:
+def print_reach(
+    result: ReachResult, console: Console | None = None, diff: ReachDiff | None = None
+) -> None:
     (console or Console()).print(reach_view(result, diff))
 
 
@@ -131,13 +135,27 @@ def _md(text: str) -> str:
 
 def render_markdown(result: ReachResult, diff: ReachDiff | None = None) -> str:
     reasons, grid = _matrix(result)
-    out = [f"# Reachability: {_md(_heading(result))}", "", result.summary(), "", LEGEND, "",
-           "## Targets", ""]
-    out += [f"{t + 1}. `{col.ref}` — {col.address} {col.protocol}"
-            for t, col in enumerate(result.targets)]
-    out += ["", "## Matrix", "",
-            "| source | " + " | ".join(str(t + 1) for t in range(len(result.targets))) + " |",
-            "| --- |" + " :-: |" * len(result.targets)]
+    out = [
+        f"# Reachability: {_md(_heading(result))}",
+        "",
+        result.summary(),
+        "",
+        LEGEND,
+        "",
+        "## Targets",
+        "",
+    ]
+    out += [
+        f"{t + 1}. `{col.ref}` — {col.address} {col.protocol}"
+        for t, col in enumerate(result.targets)
+    ]
+    out += [
+        "",
+        "## Matrix",
+        "",
+        "| source | " + " | ".join(str(t + 1) for t in range(len(result.targets))) + " |",
+        "| --- |" + " :-: |" * len(result.targets),
+    ]
     for row, line in zip(result.rows, grid, strict=True):
         label = row.label + (f" ({len(row.members)} pods)" if len(row.members) > 1 else "")
         out.append(f"| `{_md(label)}` | " + " | ".join(_md(t) for _, t in line) + " |")
@@ -152,8 +170,20 @@ def render_markdown(result: ReachResult, diff: ReachDiff | None = None) -> str:
 
 # ---------------------------------------------------------------------------- csv / json
 
-CSV_FIELDS = ("from", "to", "status", "reachable", "total", "probability", "dispositions",
-              "reasons", "sourceSeenByBackend", "endpoints", "members", "computedFrom")
+CSV_FIELDS = (
+    "from",
+    "to",
+    "status",
+    "reachable",
+    "total",
+    "probability",
+    "dispositions",
+    "reasons",
+    "sourceSeenByBackend",
+    "endpoints",
+    "members",
+    "computedFrom",
+)
 
 
 def write_csv(result: ReachResult, stream: IO[str]) -> None:
@@ -165,14 +195,27 @@ def write_csv(result: ReachResult, stream: IO[str]) -> None:
         for t in range(len(result.targets)):
             c = result.cell(i, t)
             endpoints = ";".join(
-                f"{e['pod'] or '-'}@{e['ip']}:{e['port']}={e['disposition']}" if e["ip"]
-                else f"-={e['disposition']}" for e in c.endpoints)
-            writer.writerow([
-                c.source, c.target, c.status, c.reachable, c.total, f"{c.probability:.6g}",
-                " ".join(sorted({d for d, _ in c.failures})),
-                " | ".join(r for _, r in c.failures), " ".join(c.source_seen), endpoints,
-                members, c.computed_from,
-            ])
+                f"{e['pod'] or '-'}@{e['ip']}:{e['port']}={e['disposition']}"
+                if e["ip"]
+                else f"-={e['disposition']}"
+                for e in c.endpoints
+            )
+            writer.writerow(
+                [
+                    c.source,
+                    c.target,
+                    c.status,
+                    c.reachable,
+                    c.total,
+                    f"{c.probability:.6g}",
+                    " ".join(sorted({d for d, _ in c.failures})),
+                    " | ".join(r for _, r in c.failures),
+                    " ".join(c.source_seen),
+                    endpoints,
+                    members,
+                    c.computed_from,
+                ]
+            )
 
 
 def render_csv(result: ReachResult) -> str:
@@ -193,8 +236,9 @@ def render_json(result: ReachResult, diff: ReachDiff | None = None) -> str:
     return json.dumps(reach_json(result, diff), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def render(result: ReachResult, fmt: str, diff: ReachDiff | None = None, *,
-           world: Any = None) -> str:
+def render(
+    result: ReachResult, fmt: str, diff: ReachDiff | None = None, *, world: Any = None
+) -> str:
     """The report in ``fmt`` (one of :data:`FORMATS`) as text."""
     if fmt == "table":
         return render_table(result, diff)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import io
 import json
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,10 +35,12 @@ def esc(text: object) -> str:
 def heat(p: float) -> str:
     """Red (0) → yellow (½) → green (1)."""
     p = min(1.0, max(0.0, p))
-    for (x0, c0), (x1, c1) in zip(_STOPS, _STOPS[1:], strict=False):
+    for (x0, c0), (x1, c1) in pairwise(_STOPS):
         if p <= x1:
             f = (p - x0) / (x1 - x0)
-            return "#" + "".join(f"{round(a + (b - a) * f):02x}" for a, b in zip(c0, c1, strict=True))
+            return "#" + "".join(
+                f"{round(a + (b - a) * f):02x}" for a, b in zip(c0, c1, strict=True)
+            )
     return "#1a9850"
 
 
@@ -56,7 +59,7 @@ def topology_svg(world: Any) -> str:
         fig.savefig(buf, format="svg", metadata={"Date": None})
         plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def _cell_title(result: ReachResult, c: Any) -> str:
@@ -73,19 +76,29 @@ def _matrix(result: ReachResult, *, clickable: bool) -> str:
         tds = []
         for t in range(len(result.targets)):
             c = result.cell(i, t)
-            text = c.symbol + (f"<small>{c.reachable}/{c.total}</small>"
-                               if c.status == "partial" else "")
+            text = c.symbol + (
+                f"<small>{c.reachable}/{c.total}</small>" if c.status == "partial" else ""
+            )
             attrs = f" data-r='{i}' data-t='{t}' tabindex='0'" if clickable else ""
-            tds.append(f"<td class='c {c.status}' style='background:{heat(c.probability)}'"
-                       f" title='{esc(_cell_title(result, c))}'{attrs}>{text}</td>")
+            tds.append(
+                f"<td class='c {c.status}' style='background:{heat(c.probability)}'"
+                f" title='{esc(_cell_title(result, c))}'{attrs}>{text}</td>"
+            )
         count = f" <small>({len(row.members)} pods)</small>" if len(row.members) > 1 else ""
-        rows.append(f"<tr><th class='src' title='{esc(' '.join(m.ref for m in row.members))}'>"
-                    f"{esc(row.label)}{count}</th>{''.join(tds)}</tr>")
-    targets = "".join(f"<li><code>{esc(t.ref)}</code> <span class='dim'>{esc(t.address)} "
-                      f"{esc(t.protocol)}</span></li>" for t in result.targets)
-    return (f"<table class='matrix'><thead><tr><th>source</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
-            f"<h3>targets</h3><ol class='targets'>{targets}</ol>")
+        rows.append(
+            f"<tr><th class='src' title='{esc(' '.join(m.ref for m in row.members))}'>"
+            f"{esc(row.label)}{count}</th>{''.join(tds)}</tr>"
+        )
+    targets = "".join(
+        f"<li><code>{esc(t.ref)}</code> <span class='dim'>{esc(t.address)} "
+        f"{esc(t.protocol)}</span></li>"
+        for t in result.targets
+    )
+    return (
+        f"<table class='matrix'><thead><tr><th>source</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<h3>targets</h3><ol class='targets'>{targets}</ol>"
+    )
 
 
 def _reasons(result: ReachResult) -> str:
@@ -124,7 +137,11 @@ JS = r"""
     const t = el('table'), h = el('tr');
     headers.forEach(x => h.appendChild(el('th', x)));
     t.appendChild(h);
-    rows.forEach(r => { const tr = el('tr'); r.forEach(x => tr.appendChild(el('td', x))); t.appendChild(tr); });
+    rows.forEach(r => {
+      const tr = el('tr');
+      r.forEach(x => tr.appendChild(el('td', x)));
+      t.appendChild(tr);
+    });
     return t;
   }
   function hops(title, list) {
@@ -135,7 +152,10 @@ JS = r"""
       const li = el('li', null, 'hop');
       li.appendChild(el('b', h.node));
       li.appendChild(el('span', ' ' + h.action));
-      (h.rewrites || []).forEach(r => { li.appendChild(el('br')); li.appendChild(el('span', '⇒ ' + r, 'rw')); });
+      (h.rewrites || []).forEach(r => {
+        li.appendChild(el('br'));
+        li.appendChild(el('span', '⇒ ' + r, 'rw'));
+      });
       if (h.packet) { li.appendChild(el('br')); li.appendChild(el('span', h.packet, 'pk')); }
       ol.appendChild(li);
     });
@@ -157,12 +177,16 @@ JS = r"""
     if (c.computedFrom !== c.from)
       panel.appendChild(el('p', 'computed for the equivalent source ' + c.computedFrom, 'dim'));
     panel.appendChild(el('h4', 'every branch of the random choices'));
-    panel.appendChild(table(['endpoint', 'pod', 'node', 'probability', 'verdict', 'reason', 'source seen'],
+    const columns = ['endpoint', 'pod', 'node', 'probability', 'verdict', 'reason', 'source seen'];
+    panel.appendChild(table(columns,
       c.endpoints.map(e => [e.ip ? e.ip + ':' + e.port : '—', e.pod || '—', e.node || '—',
         e.probability.toFixed(4), e.disposition, e.reason, e.sourceSeenByBackend || '—'])));
     if (c.reasons.length) {
       const ul = el('ul');
-      c.reasons.forEach(id => { const x = DATA.reasons[id - 1]; ul.appendChild(el('li', '#' + id + ' ' + x.disposition + ' — ' + x.text)); });
+      c.reasons.forEach(id => {
+        const x = DATA.reasons[id - 1];
+        ul.appendChild(el('li', '#' + id + ' ' + x.disposition + ' — ' + x.text));
+      });
       panel.appendChild(el('h4', 'reasons'));
       panel.appendChild(ul);
     }
@@ -170,7 +194,8 @@ JS = r"""
       panel.appendChild(el('h4', 'sampled connection (seed ' + DATA.seed + '): ' +
         c.sample.disposition + ' — ' + c.sample.reason));
       panel.appendChild(hops('request (first packet)', c.sample.hops));
-      if (c.sample.replyHops.length) panel.appendChild(hops('reply (first packet back)', c.sample.replyHops));
+      if (c.sample.replyHops.length)
+        panel.appendChild(hops('reply (first packet back)', c.sample.replyHops));
     }
     document.querySelectorAll('td.c.sel').forEach(x => x.classList.remove('sel'));
     const td = document.querySelector('td.c[data-r="' + r + '"][data-t="' + t + '"]');
@@ -207,10 +232,14 @@ def _data(result: ReachResult) -> dict[str, Any]:
     reasons = result.reasons()
     ids = {r: i + 1 for i, r in enumerate(reasons)}
     return {
-        "scenario": result.scenario, "mode": result.mode, "seed": result.seed,
+        "scenario": result.scenario,
+        "mode": result.mode,
+        "seed": result.seed,
         "reasons": [{"id": ids[r], "disposition": r[0], "text": r[1]} for r in reasons],
-        "cells": [[result.cell(i, t).to_dict(ids) for t in range(len(result.targets))]
-                  for i in range(len(result.rows))],
+        "cells": [
+            [result.cell(i, t).to_dict(ids) for t in range(len(result.targets))]
+            for i in range(len(result.rows))
+        ],
     }
 
 
@@ -226,28 +255,45 @@ def render_html(result: ReachResult, *, world: Any = None, diff: ReachDiff | Non
         if len(world.namespaces) <= TOPOLOGY_MAX_NAMESPACES:
             picture = f"<h2>topology</h2><div class='topology'>{topology_svg(world)}</div>"
         else:
-            picture = (f"<p class='dim'>topology left out: {len(world.namespaces)} namespaces "
-                       "are too many for one picture</p>")
-    legend = ("<p class='legend'><span>✓ reachable</span><span>◐ k/n partial</span>"
-              "<span>✗ unreachable</span><span class='dim'>colour: probability that a new "
-              "connection completes · click a cell for its trace summary</span></p>")
-    return "\n".join([
-        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>reach: {esc(result.scenario)} ({esc(result.mode)})</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>Reachability — {esc(result.scenario)}</h1>",
-        f"<p>mode <b>{esc(result.mode)}</b> · seed <b>{result.seed}</b> · "
-        f"{esc(result.summary())}</p>", legend,
-        _matrix(result, clickable=True),
-        "<div id='details'>Click a cell to see how the connection went.</div>",
-        _reasons(result), _diff(diff) if diff is not None else "", picture,
-        f"<script type='application/json' id='reach-data'>{_embed(_data(result))}</script>",
-        f"<script>{JS}</script>", "</body></html>", ""])
+            picture = (
+                f"<p class='dim'>topology left out: {len(world.namespaces)} namespaces "
+                "are too many for one picture</p>"
+            )
+    legend = (
+        "<p class='legend'><span>✓ reachable</span><span>◐ k/n partial</span>"
+        "<span>✗ unreachable</span><span class='dim'>colour: probability that a new "
+        "connection completes · click a cell for its trace summary</span></p>"
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            "<html lang='en'><head><meta charset='utf-8'>",
+            f"<title>reach: {esc(result.scenario)} ({esc(result.mode)})</title>",
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>Reachability — {esc(result.scenario)}</h1>",
+            f"<p>mode <b>{esc(result.mode)}</b> · seed <b>{result.seed}</b> · "
+            f"{esc(result.summary())}</p>",
+            legend,
+            _matrix(result, clickable=True),
+            "<div id='details'>Click a cell to see how the connection went.</div>",
+            _reasons(result),
+            _diff(diff) if diff is not None else "",
+            picture,
+            f"<script type='application/json' id='reach-data'>{_embed(_data(result))}</script>",
+            f"<script>{JS}</script>",
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def matrix_fragment(result: ReachResult) -> str:
     """The notebook view (``_repr_html_``): the heatmap and the reasons, no script."""
-    style = ("<style>table.matrix td.c{text-align:center;min-width:2em;border:1px solid #fff}"
-             "table.matrix th{text-align:left;padding:0 6px}</style>")
-    return (f"{style}<div><b>{esc(result.summary())}</b></div>"
-            f"{_matrix(result, clickable=False)}{_reasons(result)}")
+    style = (
+        "<style>table.matrix td.c{text-align:center;min-width:2em;border:1px solid #fff}"
+        "table.matrix th{text-align:left;padding:0 6px}</style>"
+    )
+    return (
+        f"{style}<div><b>{esc(result.summary())}</b></div>"
+        f"{_matrix(result, clickable=False)}{_reasons(result)}"
+    )
