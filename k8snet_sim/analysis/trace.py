@@ -266,9 +266,15 @@ def _endpoint(sim: Simulation, accepted: dict[str, Any] | None) -> dict[str, Any
         return None
     address = accepted["address"]
     host, _, port = address.rpartition(":")
-    state = sim.world.info["state"]
-    node = next((p.node for p in state.pods if p.key == accepted["pod"]), None)
-    return {"ip": host, "port": int(port), "pod": accepted["pod"], "node": node}
+    pod = accepted["pod"]
+    node = (
+        sim.world.namespaces[f"pod/{pod}"].labels.get("node")
+        if f"pod/{pod}" in sim.world.namespaces
+        else None
+    )
+    if node is None:  # a hostNetwork pod: its sockets live in the node's namespace
+        node = next((p.node for p in sim.world.info["state"].pods if p.key == pod), None)
+    return {"ip": host, "port": int(port), "pod": pod, "node": node}
 
 
 def _assemble(
