@@ -38,6 +38,7 @@ class Verdict(enum.Enum):
     ACCEPT = "ACCEPT"
     DROP = "DROP"
     REJECT = "REJECT"
+    STOLEN = "STOLEN"  # NF_STOLEN: the hook function took the packet (IPVS sends it on itself)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,6 @@ from k8snet_sim.netfilter.context import (
     Verdict,
 )
 from k8snet_sim.netfilter.hooks import (
-    PRI_CONNTRACK_CONFIRM,
     PRI_NAT_DST,
     PRI_NAT_SRC,
     NetfilterStack,
@@ -64,6 +63,8 @@ from k8snet_sim.netfilter.hooks import (
 from k8snet_sim.netfilter.nat import NatBinder
 
 VsKey = tuple[int, int, int]  # (protocol, address, port)
+
+STOLEN = HookResult(Verdict.STOLEN, "IPVS sends the packet on to the real server")
 
 # Priorities of ip_vs_ops4 (net/netfilter/ipvs/ip_vs_core.c).
 PRI_IPVS_LOCAL_IN = PRI_NAT_SRC - 2
@@ -328,27 +329,15 @@ def _ipvs_in(table: IpvsTable, skb: Skb, *, local_in: bool) -> HookResult:
         )
     )
     if local_in and not ctx.is_local(dest.address):
-        ct = skb.ct
-        assert ct is not None
-        # ip_vs_nat_xmit steals the packet: nothing after IPVS at LOCAL_IN runs. Hide the
-        # connection from INPUT's source NAT and confirmation until POSTROUTING, where
-        # MASQUERADE and the confirmation of the final reply tuple belong.
-        skb.extras["reroute"] = True
-        skb.extras["ipvs-stolen"] = (ct.src_done, ct.confirmed)
-        ct.src_done = ct.confirmed = True
-    return ACCEPTED
-
-
-def _end_of_local_in(skb: Skb) -> HookResult:
-    saved = skb.extras.pop("ipvs-stolen", None)
-    if isinstance(saved, tuple) and skb.ct is not None:
-        skb.ct.src_done, skb.ct.confirmed = saved
+        # ip_vs_nat_xmit steals the packet (NF_STOLEN): nothing after IPVS at LOCAL_IN runs;
+        # the packet is routed and goes through POSTROUTING, where MASQUERADE and the
+        # confirmation of the final reply tuple belong.
+        return STOLEN
     return ACCEPTED
 
 
 def hook_functions(table: IpvsTable) -> dict[str, Callable[[Skb], HookResult]]:
-    """IPVS's hook functions by role: ``local_in``, ``local_out`` and ``stolen`` (undoes the
-    stealing mark after INPUT's last hook)."""
+    """IPVS's hook functions by role: ``local_in`` and ``local_out``."""
 
     def local_in(skb: Skb) -> HookResult:
         return _ipvs_in(table, skb, local_in=True)
@@ -356,13 +345,11 @@ def hook_functions(table: IpvsTable) -> dict[str, Callable[[Skb], HookResult]]:
     def local_out(skb: Skb) -> HookResult:
         return _ipvs_in(table, skb, local_in=False)
 
-    return {"local_in": local_in, "local_out": local_out, "stolen": _end_of_local_in}
+    return {"local_in": local_in, "local_out": local_out}
 
 
 def install_ipvs(stack: NetfilterStack, table: IpvsTable) -> None:
-    """Register IPVS in a namespace whose conntrack is already installed (the ``stolen`` hook
-    must run after conntrack's confirmation at INPUT)."""
+    """Register IPVS in a namespace (next to its conntrack and NAT hooks)."""
     fns = hook_functions(table)
     stack.register(Hook.INPUT, PRI_IPVS_LOCAL_IN, "ipvs", fns["local_in"])
     stack.register(Hook.OUTPUT, PRI_IPVS_LOCAL_OUT, "ipvs", fns["local_out"])
-    stack.register(Hook.INPUT, PRI_CONNTRACK_CONFIRM, "ipvs (stolen)", fns["stolen"])

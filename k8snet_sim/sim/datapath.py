@@ -251,11 +251,9 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
 def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
     pkt = skb.pkt
     result = ns.stack.run(_INPUT, skb)
-    if result is not ACCEPTED and not result.accepted:
-        _refuse(sim, ns, skb, visit, result, "INPUT")
-        return
-    if skb.extras.get("reroute"):
-        # IPVS rewrote the destination in LOCAL_IN: the packet leaves again (ip_vs_nat_xmit).
+    if result.verdict is Verdict.STOLEN:
+        # IPVS took the packet at LOCAL_IN after rewriting its destination, and sends it on
+        # itself (ip_vs_nat_xmit): the rest of INPUT does not run; routing and POSTROUTING do.
         route = ns.routes.lookup(pkt.dst)
         if route is None:
             _drop(sim, ns, skb, pkt, visit, f"no route to real server {ip_str(pkt.dst)}")
@@ -265,6 +263,9 @@ def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
         _postrouting(
             sim, ns, skb, visit, route, f"IPVS forward → {route}" if visit.hop is not None else ""
         )
+        return
+    if result is not ACCEPTED and not result.accepted:
+        _refuse(sim, ns, skb, visit, result, "INPUT")
         return
     cost, delay = _charge(sim, ns, skb, pkt)
     if visit.hop is not None:
