@@ -9,10 +9,8 @@ when its ``when:`` conditions (dotted scenario keys, a value or a list of accept
 
 Example
 -------
->>> _matches(None, [None])
-True
->>> _matches("10.244.0.0/16", ["10.244.0.0/16", None])
-True
+>>> _as_set("10.244.0.1"), _as_set(["a", "b"])
+(['10.244.0.1'], ['a', 'b'])
 """
 
 from __future__ import annotations
@@ -80,10 +78,6 @@ class CheckResult:
             "summary": self.summary(),
             "results": [r.to_dict() for r in self.results],
         }
-
-
-def _matches(actual: Any, accepted: list[Any]) -> bool:
-    return any(actual == a or (a is not None and str(actual) == str(a)) for a in accepted)
 
 
 def _as_set(value: Any) -> list[str] | None:

@@ -3,8 +3,8 @@ into namespaces and destination addresses of a built world.
 
 Example
 -------
->>> parse_port_proto("udp")
-17
+>>> Target("service/default/web:80", "service", 0x0A600002, 80, TCP).address
+'10.96.0.2:80'
 """
 
 from __future__ import annotations
@@ -14,17 +14,10 @@ from typing import Any
 
 from k8snet_sim.cluster.model import ClusterState, Service, ServicePort
 from k8snet_sim.errors import UnknownEndpoint
-from k8snet_sim.net.addr import ip, is_ip
+from k8snet_sim.net.addr import ip
 from k8snet_sim.net.packet import PROTO_NUMBERS, TCP
 from k8snet_sim.scenario.refs import Ref, RefSyntaxError, parse_ref
 from k8snet_sim.sim.world import World
-
-
-def parse_port_proto(text: str) -> int:
-    try:
-        return PROTO_NUMBERS[text.lower()]
-    except KeyError:
-        raise UnknownEndpoint(f"protocol {text}", hint="use tcp, udp or sctp") from None
 
 
 @dataclass(frozen=True)
@@ -221,7 +214,3 @@ def _container_port(pod: object, port: int | str | None, text: str) -> tuple[int
     if isinstance(port, int) or str(port).isdigit():
         return int(port), TCP
     raise UnknownEndpoint(text, hint=f"the pod has no container port named {port}")
-
-
-def is_address(text: str) -> bool:
-    return is_ip(text)

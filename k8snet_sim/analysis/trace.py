@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k8snet_sim.analysis.targets import Target, resolve_source, resolve_target
-from k8snet_sim.net.addr import ip_str
 from k8snet_sim.net.packet import TCP, UDP
 from k8snet_sim.sim.choice import ScriptedChooser, explore
 from k8snet_sim.sim.clients import Outcome, RequestClient, connect
@@ -433,7 +432,3 @@ def _reply_lost_reason(stray: Hop, log: list[Hop], chain: set[int], dest: Target
             "where the DNAT happened"
         )
     return text + f" — {stray.node} answered with a RST"
-
-
-def describe_address(value: int) -> str:
-    return ip_str(value)

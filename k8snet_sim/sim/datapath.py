@@ -10,6 +10,11 @@ closed port, ICMP/RST from a REJECT rule.
 Each function does the work at the current simulated time, charges its CPU cost to the
 namespace's CPU owner, and hands the packet on through the
 :class:`~k8snet_sim.sim.simulation.Simulation` (which owns links, queues and time).
+
+Example
+-------
+>>> REJECT_ICMP_CODES["icmp-port-unreachable"]  # what a bare ``-j REJECT`` sends back
+(3, 3)
 """
 
 from __future__ import annotations
