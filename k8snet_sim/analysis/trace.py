@@ -135,13 +135,31 @@ def _request(target: Target, response_bytes: int = 1000) -> Message:
     return Message("request", 300, data)
 
 
+class _BranchClient(RequestClient):
+    """A client for exploring branches: once a pod's own socket has accepted the connection and
+    the SYN-ACK came back as the reply to this client's connection, the branch's verdict is
+    settled (DESIGN: the request reached a listening backend, the reply came back as a reply),
+    so the exchange stops there. A proxy's socket (userspace kube-proxy, an ingress
+    controller) is not the backend: then the full exchange runs, to learn what the proxy does."""
+
+    def on_established(self, sim: Simulation, conn: Any) -> None:
+        recorder = sim.recorder
+        accepted = recorder.notes.get(conn.conn_id, {}).get("accepted") if recorder else None
+        if conn.proto != UDP and accepted and accepted.get("pod"):
+            self.outcome.connected_at = sim.env.now
+            self._finish(sim, "ok", "handshake completed with the backend")
+            return
+        super().on_established(sim, conn)
+
+
 def _run_once(
-    sim: Simulation, source_ns: str, target: Target, *, settle: float = 0.05
+    sim: Simulation, source_ns: str, target: Target, *, settle: float = 0.05,
+    branch: bool = False,
 ) -> tuple[Outcome, Recorder, int]:
     recorder = Recorder()
     sim.recorder = recorder
     cid = sim.next_conn_id()
-    client = RequestClient(sim, _request(target))
+    client = (_BranchClient if branch else RequestClient)(sim, _request(target))
     start = sim.env.now
     connect(sim, source_ns, target.ip, target.port, target.proto, client, conn_id=cid)
     sim.run(until=client.done)
@@ -186,7 +204,7 @@ def possible_endpoints(
 
     def run(chooser: ScriptedChooser) -> TraceResult:
         fork = sim.fork(chooser=chooser)
-        outcome, recorder, cid = _run_once(fork, source_ns, dest, settle=settle)
+        outcome, recorder, cid = _run_once(fork, source_ns, dest, settle=settle, branch=True)
         return _assemble(fork, "", source_ns, dest, outcome, recorder, cid)
 
     merged: dict[str, dict[str, Any]] = {}
@@ -368,6 +386,9 @@ def _classify(
     dest: Target,
 ) -> tuple[str, str]:
     resp = outcome.response.data if outcome.response else {}
+    if not resp and outcome.ok:  # a branch settled at the handshake: the backend that accepted
+        accepted = recorder.notes.get(chain[-1], {}).get("accepted") or {}
+        resp = {"pod": accepted.get("pod"), "address": accepted.get("address")}
     status = resp.get("status")
     if outcome.ok and (status is None or int(status) < 400):
         who = resp.get("pod") or "the destination"
