@@ -23,7 +23,6 @@ from k8snet_sim.net.addr import ip
 from k8snet_sim.net.packet import PROTO_NUMBERS
 from k8snet_sim.proxy.ingress import choose_backend
 from k8snet_sim.sim.clients import connect
-from k8snet_sim.sim.recorder import Hop
 from k8snet_sim.sim.sockets import Endpoint, Message, close, send_message
 
 if TYPE_CHECKING:
@@ -112,19 +111,8 @@ class IngressController:
         send_message(sim, conn, Message("response", 150, {"status": status, "via": self.pod}))
 
     def _note(self, sim: Simulation, conn: Endpoint, action: str, verdict: str) -> None:
-        if sim.recorder is not None and conn.conn_id in sim.recorder.conn_ids:
-            sim.recorder.add(
-                Hop(
-                    t=sim.env.now,
-                    node=self.ns,
-                    action=action,
-                    packet="",
-                    label="proxy",
-                    conn_id=conn.conn_id,
-                    direction=0,
-                    verdict=verdict,
-                )
-            )
+        if sim.recorder is not None:
+            sim.recorder.proxy_hop(sim.env.now, self.ns, conn.conn_id, action, verdict)
             sim.recorder.note(conn.conn_id, ingress=action)
 
     def on_closed(self, sim: Simulation, conn: Endpoint, reason: str) -> None:

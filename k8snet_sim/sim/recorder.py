@@ -71,3 +71,20 @@ class Recorder:
 
     def note(self, conn_id: int, **facts: Any) -> None:
         self.notes.setdefault(conn_id, {}).update(facts)
+
+    def proxy_hop(self, t: float, node: str, conn_id: int, action: str, verdict: str) -> None:
+        """What a proxy (userspace kube-proxy, an ingress controller) did with a watched
+        connection: a hop with no packet, labelled ``proxy``."""
+        if conn_id in self.conn_ids:
+            self.add(
+                Hop(
+                    t=t,
+                    node=node,
+                    action=action,
+                    packet="",
+                    label="proxy",
+                    conn_id=conn_id,
+                    direction=0,
+                    verdict=verdict,
+                )
+            )

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from k8snet_sim.net.addr import ip
 from k8snet_sim.net.packet import PROTO_NUMBERS, TCP
 from k8snet_sim.sim.clients import connect
-from k8snet_sim.sim.recorder import Hop
 from k8snet_sim.sim.sockets import Endpoint, Message, close, send_message
 
 if TYPE_CHECKING:
@@ -109,19 +108,8 @@ class UserspaceProxy:
         sim.later(DIAL_TIMEOUTS[attempt], leg.dial_timeout, sim)
 
     def _note(self, sim: Simulation, conn: Endpoint, action: str, verdict: str) -> None:
-        if sim.recorder is not None and conn.conn_id in sim.recorder.conn_ids:
-            sim.recorder.add(
-                Hop(
-                    t=sim.env.now,
-                    node=self.node_ns,
-                    action=action,
-                    packet="",
-                    label="proxy",
-                    conn_id=conn.conn_id,
-                    direction=0,
-                    verdict=verdict,
-                )
-            )
+        if sim.recorder is not None:
+            sim.recorder.proxy_hop(sim.env.now, self.node_ns, conn.conn_id, action, verdict)
 
     def on_message(self, sim: Simulation, conn: Endpoint, message: Message) -> None:
         probe = message.data.get("probe")
