@@ -139,6 +139,24 @@ class Listener:
                 },
             )
 
+    def accept(self, sim: Simulation, ns: str, pkt: Packet, state: str) -> Endpoint:
+        """The server side of a connection (or, for UDP, of one datagram's exchange) this
+        listener accepts from ``pkt``, with its application attached."""
+        server = Endpoint(
+            ns,
+            pkt.proto,
+            (pkt.dst, pkt.dport),
+            (pkt.src, pkt.sport),
+            app=None,  # type: ignore[arg-type]  # attached just below
+            conn_id=pkt.conn_id,
+            role="server",
+        )
+        server.app = self.app_for(sim, server)
+        server.meta["listener"] = self.name
+        server.state = state
+        self.note_accept(sim, pkt)
+        return server
+
     def app_for(self, sim: Simulation, endpoint: Endpoint) -> App:
         factory = self.app_factory
         return (
@@ -201,19 +219,7 @@ def tcp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
     if pkt.flags == "S":
         listener = sockets.listener_for(pkt.proto, pkt.dst, pkt.dport)
         if listener is not None:
-            server = Endpoint(
-                ns,
-                pkt.proto,
-                (pkt.dst, pkt.dport),
-                (pkt.src, pkt.sport),
-                app=None,  # type: ignore[arg-type]
-                conn_id=pkt.conn_id,
-                role="server",
-            )
-            server.app = listener.app_for(sim, server)
-            server.meta["listener"] = listener.name
-            server.state = "SYN_RECV"
-            listener.note_accept(sim, pkt)
+            server = listener.accept(sim, ns, pkt, "SYN_RECV")
             sockets.register(server)
             sim.send(ns, server.packet("SA", label="SYN-ACK"))
             return f"accept SYN on {listener.name or 'listener'} {ip_str(pkt.dst)}:{pkt.dport}"
@@ -314,19 +320,7 @@ def udp_input(sim: Simulation, ns: str, sockets: SocketTable, pkt: Packet) -> st
         return None
     # A UDP server answers from the address the request was sent to (IP_PKTINFO), through an
     # ephemeral endpoint object standing for the (address, peer) pair.
-    server = Endpoint(
-        ns,
-        UDP,
-        (pkt.dst, pkt.dport),
-        (pkt.src, pkt.sport),
-        app=None,  # type: ignore[arg-type]
-        conn_id=pkt.conn_id,
-        role="server",
-    )
-    server.app = listener.app_for(sim, server)
-    server.state = "ESTABLISHED"
-    server.meta["listener"] = listener.name
-    listener.note_accept(sim, pkt)
+    server = listener.accept(sim, ns, pkt, "ESTABLISHED")
     if isinstance(pkt.payload, Message):
         server.app.on_message(sim, server, pkt.payload)
     return f"datagram to {listener.name or 'listener'} {ip_str(pkt.dst)}:{pkt.dport}"
