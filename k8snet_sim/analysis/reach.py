@@ -47,6 +47,7 @@ from k8snet_sim.analysis.reach_model import (
     status_of,
     substitute_row,
 )
+from k8snet_sim.analysis.reach_nodes import NodeSymmetry, pod_addresses_by_node
 from k8snet_sim.analysis.targets import Target, resolve_source, resolve_target
 from k8snet_sim.analysis.trace import possible_endpoints, trace
 from k8snet_sim.errors import UnknownEndpoint
@@ -338,14 +339,36 @@ def _reach(
         numbering.setdefault(computation_key(world, classes, s, set()), len(numbering))
         for s in members
     ]
+    # Across nodes (reach_nodes): off for the brute force, and with samples, whose hops carry
+    # values (VXLAN source ports) that a relabelling would not fix.
+    symmetry = NodeSymmetry(world, classes) if share and not samples else None
+    across = _across_nodes_keys(world, members, symmetry, numbering)
+    pods_at = pod_addresses_by_node(world) if symmetry is not None else {}
     for t, column in enumerate(columns):
         index: dict[Any, int] = {}
         row = []
         addresses = target_addresses(world, column.target, classes)
+        involved: set[str] | None = None
+        classes_at: dict[str, int] = {}
+        if symmetry is not None and _nodes_interchangeable_for(world, column.target):
+            involved = symmetry.involved(addresses, pods_at)
         for m, src in enumerate(members):
             key: Any = m
             if share:
                 key = plain[m] if own[m] not in addresses else ("namespace", src.ns)
+                place = across[m]
+                if (
+                    symmetry is not None
+                    and involved is not None
+                    and place is not None
+                    and place[0] not in involved
+                    and own[m] not in addresses
+                ):
+                    node, shape = place
+                    if node not in classes_at:
+                        cls = symmetry.node_class(node, involved)
+                        classes_at[node] = numbering.setdefault(cls, len(numbering))
+                    key = ("across", classes_at[node], shape)
             if key not in index:
                 index[key] = len(comps)
                 comps.append(Computation(src, t))
@@ -363,9 +386,38 @@ def _reach(
         comps,
         table,
         share,
+        {n: symmetry.tokens(n) for n in symmetry.nodes} if symmetry is not None else {},
     )
     result.rows = _group_rows(result, expand_pods)
     return result
+
+
+def _nodes_interchangeable_for(world: Any, target: Target) -> bool:
+    """Whether sources on different nodes may share answers for ``target`` at all: not when
+    the path itself picks among nodes (an Ingress controller, a cloud load balancer device
+    spreading over every node's NodePort)."""
+    if target.kind == "http":
+        return False
+    return not any(
+        ns.kind == "lb" and target.ip in ns.local_addresses for ns in world.namespaces.values()
+    )
+
+
+def _across_nodes_keys(
+    world: Any, members: list[Source], symmetry: NodeSymmetry | None, numbering: dict[Any, int]
+) -> list[tuple[str, int] | None]:
+    """Per member: (its node, the number of its shape as seen from that node), when it sends
+    from a node's namespace or a pod's; None for outside hosts and routers."""
+    out: list[tuple[str, int] | None] = []
+    for src in members:
+        ns = world.namespaces[src.ns]
+        node = ns.labels.get("node")
+        if symmetry is None or not symmetry.enabled or node not in symmetry.nodes:
+            out.append(None)
+            continue
+        shape = symmetry.pod_class(src.ns) if ns.kind == "pod" else ("node-ns", src.kind)
+        out.append((node, numbering.setdefault(shape, len(numbering))))
+    return out
 
 
 def _group_rows(result: ReachResult, expand: bool) -> list[SourceRow]:
@@ -421,9 +473,9 @@ def _same_cells(result: ReachResult, a: int, b: int) -> bool:
 
 def _normal(result: ReachResult, t: int, m: int) -> Any:
     """A cell with the member's own address and name replaced by placeholders."""
-    comp = result.computations[result.table[t][m]]
-    anon = Source("{source}", "{source}", "pod", address="{address}")
+    src = result.members[m]
+    anon = Source("{source}", "{source}", "pod", src.node, address="{address}")
     return tuple(
-        tuple(sorted(substitute_row(r, comp.rep, anon).items(), key=lambda kv: kv[0]))
-        for r in comp.rows
+        tuple(sorted(substitute_row(r, src, anon).items(), key=lambda kv: kv[0]))
+        for r in result.member_cell(m, t).endpoints
     )

@@ -206,6 +206,9 @@ class ReachResult:
     computations: list[Computation] = field(repr=False)
     table: list[list[int]] = field(repr=False)  # [target][member] -> computation index
     shared: bool = True
+    # Node name -> role -> address text: answers shared across interchangeable nodes are
+    # relabelled from the representative's node to the member's (reach_nodes).
+    node_tokens: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def member_cell(self, member: int | str, target: int | str) -> Cell:
         """The cell of one member source (a pod of a grouped row too)."""
@@ -213,11 +216,20 @@ class ReachResult:
         t = target if isinstance(target, int) else self._target_index(target)
         comp = self.computations[self.table[t][m]]
         src = self.members[m]
-        rows = tuple(substitute_row(r, comp.rep, src) for r in comp.rows)
+        nodes = self._relabel(comp.rep.node, src.node)
+        rows = tuple(substitute_row(r, comp.rep, src, nodes) for r in comp.rows)
         sample = comp.sample
         if sample is not None and comp.rep != src:
-            sample = substitute_obj(sample, comp.rep, src)
+            sample = substitute_obj(sample, comp.rep, src, nodes)
         return Cell(src.ref, self.targets[t].ref, status_of(rows), rows, comp.rep.ref, sample)
+
+    def _relabel(self, old: str | None, new: str | None) -> dict[str, str]:
+        """Address texts of node ``old`` -> the same roles' on node ``new`` (empty when the
+        nodes are the same or unknown)."""
+        if old == new or old not in self.node_tokens or new not in self.node_tokens:
+            return {}
+        a, b = self.node_tokens[old], self.node_tokens[new]
+        return {a[r]: b[r] for r in a if r in b and a[r] != b[r]}
 
     def cell(self, row: int | str, target: int | str) -> Cell:
         """The cell of a row (by index, label, or the ref of one of its members)."""
@@ -322,31 +334,40 @@ def _pattern(token: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w.\-/]){re.escape(token)}(?![\w\-]|\.\w)")
 
 
-def _replace(text: str, old: Source, new: Source) -> str:
+def _replace(text: str, old: Source, new: Source, nodes: dict[str, str] | None = None) -> str:
     if old.address and new.address and old.address in text:
         text = _pattern(old.address).sub(new.address, text)
     if old.ref in text:
         text = _pattern(old.ref).sub(new.ref, text)
     if old.ns != old.ref and old.ns in text and old.ns != new.ns:
         text = _pattern(old.ns).sub(new.ns, text)
+    # The representative's node's addresses and name, when it stands on another node. Keys are
+    # that node's tokens only, so one replacement never feeds another.
+    for token, other in (nodes or {}).items():
+        if token in text:
+            text = _pattern(token).sub(other, text)
     return text
 
 
-def substitute_row(row: dict[str, Any], old: Source, new: Source) -> dict[str, Any]:
+def substitute_row(
+    row: dict[str, Any], old: Source, new: Source, nodes: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``row`` as ``new`` would have got it: ``old``'s address, name and (``nodes``) node
+    tokens replaced in its texts."""
     if old == new:
         return row
     out = dict(row)
     for key in ("reason", "sourceSeenByBackend"):
         if isinstance(out.get(key), str):
-            out[key] = _replace(out[key], old, new)
+            out[key] = _replace(out[key], old, new, nodes)
     return out
 
 
-def substitute_obj(obj: Any, old: Source, new: Source) -> Any:
+def substitute_obj(obj: Any, old: Source, new: Source, nodes: dict[str, str] | None = None) -> Any:
     if isinstance(obj, str):
-        return _replace(obj, old, new)
+        return _replace(obj, old, new, nodes)
     if isinstance(obj, list):
-        return [substitute_obj(x, old, new) for x in obj]
+        return [substitute_obj(x, old, new, nodes) for x in obj]
     if isinstance(obj, dict):
-        return {k: substitute_obj(v, old, new) for k, v in obj.items()}
+        return {k: substitute_obj(v, old, new, nodes) for k, v in obj.items()}
     return obj
