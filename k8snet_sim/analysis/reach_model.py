@@ -216,14 +216,14 @@ class ReachResult:
         t = target if isinstance(target, int) else self._target_index(target)
         comp = self.computations[self.table[t][m]]
         src = self.members[m]
-        nodes = self._relabel(comp.rep.node, src.node)
+        nodes = self.relabel_nodes(comp.rep.node, src.node)
         rows = tuple(substitute_row(r, comp.rep, src, nodes) for r in comp.rows)
         sample = comp.sample
         if sample is not None and comp.rep != src:
             sample = substitute_obj(sample, comp.rep, src, nodes)
         return Cell(src.ref, self.targets[t].ref, status_of(rows), rows, comp.rep.ref, sample)
 
-    def _relabel(self, old: str | None, new: str | None) -> dict[str, str]:
+    def relabel_nodes(self, old: str | None, new: str | None) -> dict[str, str]:
         """Address texts of node ``old`` -> the same roles' on node ``new`` (empty when the
         nodes are the same or unknown)."""
         if old == new or old not in self.node_tokens or new not in self.node_tokens:
@@ -308,6 +308,10 @@ class ReachResult:
                 return r
         raise UnknownEndpoint(ref, hint="not a source of this reachability result")
 
+    def member_index(self, ref: str) -> int:
+        """Position of the member source ``ref`` in :attr:`members`."""
+        return self._member_index(ref)
+
     def _member_index(self, ref: str) -> int:
         index = self.__dict__.get("_members_by_ref")
         if index is None:
@@ -347,6 +351,11 @@ def _replace(text: str, old: Source, new: Source, nodes: dict[str, str] | None =
         if token in text:
             text = _pattern(token).sub(other, text)
     return text
+
+
+def relabel_text(text: str, old: Source, new: Source, nodes: dict[str, str] | None = None) -> str:
+    """``text`` of ``old``'s answer as ``new`` would have got it (see :func:`substitute_row`)."""
+    return _replace(text, old, new, nodes) if old != new else text
 
 
 def substitute_row(

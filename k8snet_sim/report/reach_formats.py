@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from k8snet_sim.analysis.reach import SYMBOLS
+from k8snet_sim.analysis.reach_model import Cell, relabel_text, status_of
 
 if TYPE_CHECKING:
     from k8snet_sim.analysis.reach import ReachDiff, ReachResult
@@ -187,33 +188,56 @@ CSV_FIELDS = (
 
 
 def write_csv(result: ReachResult, stream: IO[str]) -> None:
-    """One line per cell (rows × targets), streamed: large matrices never sit in memory."""
+    """One line per cell (rows × targets), streamed: large matrices never sit in memory.
+
+    A computation answers many cells: what relabelling cannot change (status, counts,
+    probability, endpoints) is formatted once per computation, and only the reasons and the
+    source seen by the backend are relabelled per cell.
+    """
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
-    for i, row in enumerate(result.rows):
+    fixed: dict[int, tuple[list[Any], str, list[tuple[str, str]], list[str]]] = {}
+    for row in result.rows:
         members = " ".join(m.ref for m in row.members)
-        for t in range(len(result.targets)):
-            c = result.cell(i, t)
-            endpoints = ";".join(
-                f"{e['pod'] or '-'}@{e['ip']}:{e['port']}={e['disposition']}"
-                if e["ip"]
-                else f"-={e['disposition']}"
-                for e in c.endpoints
-            )
+        first = row.members[0]
+        m = result.member_index(first.ref)
+        for t, column in enumerate(result.targets):
+            k = result.table[t][m]
+            comp = result.computations[k]
+            cached = fixed.get(k)
+            if cached is None:
+                own = Cell(comp.rep.ref, column.ref, status_of(comp.rows), comp.rows, comp.rep.ref)
+                endpoints = ";".join(
+                    f"{e['pod'] or '-'}@{e['ip']}:{e['port']}={e['disposition']}"
+                    if e["ip"]
+                    else f"-={e['disposition']}"
+                    for e in own.endpoints
+                )
+                head = [
+                    own.status,
+                    own.reachable,
+                    own.total,
+                    f"{own.probability:.6g}",
+                    " ".join(sorted({d for d, _ in own.failures})),
+                ]
+                cached = fixed[k] = (head, endpoints, own.failures, own.source_seen)
+            head, endpoints, failures, seen = cached
+            if comp.rep != first:  # the texts as this row's first member would have got them
+                nodes = result.relabel_nodes(comp.rep.node, first.node)
+                failures = list(
+                    dict.fromkeys((d, relabel_text(r, comp.rep, first, nodes)) for d, r in failures)
+                )
+                seen = sorted({relabel_text(x, comp.rep, first, nodes) for x in seen})
             writer.writerow(
                 [
-                    c.source,
-                    c.target,
-                    c.status,
-                    c.reachable,
-                    c.total,
-                    f"{c.probability:.6g}",
-                    " ".join(sorted({d for d, _ in c.failures})),
-                    " | ".join(r for _, r in c.failures),
-                    " ".join(c.source_seen),
+                    row.label,
+                    column.ref,
+                    *head,
+                    " | ".join(r for _, r in failures),
+                    " ".join(seen),
                     endpoints,
                     members,
-                    c.computed_from,
+                    comp.rep.ref,
                 ]
             )
 
