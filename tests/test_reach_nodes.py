@@ -33,9 +33,12 @@ from k8snet_sim.proxy import userspace as userspace_proxy
 NODES = 7
 
 
-def _scenario(*, cni: str = "host-gw", skip_route: int | None = None) -> dict[str, Any]:
-    """7 nodes, 7 two-replica Deployments, 9 Services of every type, an office behind a
-    router that routes the pod CIDRs (all of them, or all but ``skip_route``'s)."""
+def _scenario(
+    *, cni: str = "host-gw", skip_route: int | None = None, transit: int | None = None
+) -> dict[str, Any]:
+    """7 nodes, 7 two-replica Deployments, 7 Services of every type, an office behind a
+    router that routes the pod CIDRs (all of them, or all but ``skip_route``'s) and, with
+    ``transit``, the service CIDR to that node (the founding lesson's route)."""
     nodes = [
         {
             "name": f"node{i}",
@@ -109,7 +112,12 @@ def _scenario(*, cni: str = "host-gw", skip_route: int | None = None) -> dict[st
                         {"to": n["podCIDR"], "via": n["address"]}
                         for i, n in enumerate(nodes)
                         if i != skip_route
-                    ],
+                    ]
+                    + (
+                        [{"to": "10.96.0.0/12", "via": nodes[transit]["address"]}]
+                        if transit is not None
+                        else []
+                    ),
                 }
             ],
             "hosts": [
@@ -164,13 +172,23 @@ VARIANTS = [
     ("iptables", (), {"cni": "vxlan"}),
     ("iptables", ("cluster.kubeProxy.clusterCIDR=10.244.0.0/16",), {}),
     ("ipvs", (), {"skip_route": 3}),
+    ("iptables", (), {"transit": 2}),
 ]
 
 
 @pytest.mark.parametrize(
     ("mode", "sets", "shape"),
     VARIANTS,
-    ids=["iptables", "ipvs", "nftables", "userspace", "vxlan", "clusterCIDR", "missing-route"],
+    ids=[
+        "iptables",
+        "ipvs",
+        "nftables",
+        "userspace",
+        "vxlan",
+        "clusterCIDR",
+        "missing-route",
+        "transit",
+    ],
 )
 def test_sharing_across_nodes_equals_brute_force(
     tmp_path: Path, mode: str, sets: tuple[str, ...], shape: dict[str, Any]
@@ -209,6 +227,35 @@ def test_a_node_the_router_treats_differently_stands_alone(tmp_path: Path) -> No
     result = reach(_load(tmp_path, "iptables", skip_route=3))
     for member, _, rep in _across(result):
         assert "node3" not in member and "node3" not in rep
+
+
+def test_a_node_the_router_sends_service_traffic_through_keeps_its_name(tmp_path: Path) -> None:
+    sim = _load(tmp_path, "iptables", transit=2)
+    result = reach(sim, sources=["host/office", "node/*"], targets=["service/default/svc0:80"])
+    symmetry = NodeSymmetry(sim.world, AddressClasses(sim.world))
+    assert symmetry.transit == {"node2"}
+    for member, _, rep in _across(result):
+        assert "node2" not in member and "node2" not in rep
+    # The office's SYN crosses node2, which DNATs it: the founding lesson.
+    failures = result.cell("host/office", "service/default/svc0:80").failures
+    assert failures and all("through node/node2" in reason for _, reason in failures)
+
+
+def test_nodeport_columns_mirror_each_other_across_interchangeable_nodes(
+    tmp_path: Path,
+) -> None:
+    """svc2's NodePort on a node without its pods is answered as the mirror image of its
+    NodePort on another such node; a node's own source still sees its own address."""
+    result = reach(_load(tmp_path, "iptables"), targets=["nodeport/*/default/svc2:80"])
+    assert result.swaps
+    t, (t0, a, b, _) = next(iter(result.swaps.items()))
+    assert result.targets[t].ref == f"nodeport/{b}/default/svc2:80"
+    assert result.targets[t0].ref == f"nodeport/{a}/default/svc2:80"
+    own = result.member_cell(f"node/{b}", t)
+    mirror = result.member_cell(f"node/{a}", t0)
+    assert own.status == mirror.status
+    address = {m.ref: m.address for m in result.members}
+    assert own.source_seen == [address[f"node/{b}"]] != mirror.source_seen
 
 
 def test_not_across_nodes_where_the_path_picks_a_node() -> None:

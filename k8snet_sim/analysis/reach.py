@@ -344,10 +344,19 @@ def _reach(
     symmetry = NodeSymmetry(world, classes) if share and not samples else None
     across = _across_nodes_keys(world, members, symmetry, numbering)
     pods_at = pod_addresses_by_node(world) if symmetry is not None else {}
+    mirrors: dict[Any, tuple[int, str]] = {}
+    swaps: dict[int, tuple[int, str, str, dict[int, int]]] = {}
     for t, column in enumerate(columns):
         index: dict[Any, int] = {}
         row = []
         addresses = target_addresses(world, column.target, classes)
+        if symmetry is not None:
+            swap = _mirror(symmetry, column, t, addresses, pods_at, across, mirrors, members)
+            if swap is not None:
+                t0, _, _, sigma = swap
+                table.append([table[t0][sigma.get(m, m)] for m in range(len(members))])
+                swaps[t] = swap
+                continue
         involved: set[str] | None = None
         classes_at: dict[str, int] = {}
         if symmetry is not None and _nodes_interchangeable_for(world, column.target):
@@ -387,6 +396,7 @@ def _reach(
         table,
         share,
         {n: symmetry.tokens(n) for n in symmetry.nodes} if symmetry is not None else {},
+        swaps,
     )
     result.rows = _group_rows(result, expand_pods)
     return result
@@ -401,6 +411,55 @@ def _nodes_interchangeable_for(world: Any, target: Target) -> bool:
     return not any(
         ns.kind == "lb" and target.ip in ns.local_addresses for ns in world.namespaces.values()
     )
+
+
+def _mirror(
+    symmetry: NodeSymmetry,
+    column: TargetColumn,
+    t: int,
+    addresses: set[int],
+    pods_at: dict[int, str],
+    across: list[tuple[str, int] | None],
+    mirrors: dict[Any, tuple[int, str]],
+    members: list[Source],
+) -> tuple[int, str, str, dict[int, int]] | None:
+    """A NodePort on node Y mirrors the same Service's NodePort on an earlier node X when X
+    and Y are interchangeable with respect to the nodes the Service involves: swapping X and
+    Y maps the world onto itself and one target onto the other, so the cell of a member on
+    Y is the cell of its counterpart on X (same shape as seen from its node) with X and Y
+    swapped, and every other member's is its own cell for X's NodePort, likewise swapped.
+    Returns (X's column, X, Y, member -> counterpart) or None (compute the column)."""
+    target = column.target
+    y = target.node
+    if (
+        not symmetry.enabled
+        or target.kind != "nodeport"
+        or y is None
+        or y not in symmetry.nodes
+        or target.service is None
+    ):
+        return None
+    involved = symmetry.involved(addresses - {target.ip}, pods_at)
+    if y in involved:
+        return None
+    key = (target.service.key, target.port, target.proto, symmetry.node_class(y, involved))
+    first = mirrors.setdefault(key, (t, y))
+    if first[0] == t:
+        return None
+    t0, x = first
+    places: dict[tuple[str, int], int] = {}
+    for m, place in enumerate(across):
+        if place is not None and place[0] in (x, y):
+            places.setdefault(place, m)
+    sigma: dict[int, int] = {}
+    for m, place in enumerate(across):
+        if place is None or place[0] not in (x, y):
+            continue
+        other = places.get((y if place[0] == x else x, place[1]))
+        if other is None or members[other].kind != members[m].kind:
+            return None  # no counterpart on the other node: compute this column
+        sigma[m] = other
+    return t0, x, y, sigma
 
 
 def _across_nodes_keys(

@@ -16,7 +16,7 @@ Example
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -209,6 +209,10 @@ class ReachResult:
     # Node name -> role -> address text: answers shared across interchangeable nodes are
     # relabelled from the representative's node to the member's (reach_nodes).
     node_tokens: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    # Target index -> (column answered for, its node, this column's node, member -> member):
+    # a NodePort column answered as the mirror image of the same Service's NodePort on an
+    # interchangeable node (reach_nodes), with the two nodes swapped in the texts.
+    swaps: dict[int, tuple[int, str, str, dict[int, int]]] = field(default_factory=dict, repr=False)
 
     def member_cell(self, member: int | str, target: int | str) -> Cell:
         """The cell of one member source (a pod of a grouped row too)."""
@@ -216,12 +220,37 @@ class ReachResult:
         t = target if isinstance(target, int) else self._target_index(target)
         comp = self.computations[self.table[t][m]]
         src = self.members[m]
-        nodes = self.relabel_nodes(comp.rep.node, src.node)
-        rows = tuple(substitute_row(r, comp.rep, src, nodes) for r in comp.rows)
+        relabel = self.text_map(m, t)
+        rows = comp.rows if relabel is None else tuple(_mapped(r, relabel) for r in comp.rows)
         sample = comp.sample
         if sample is not None and comp.rep != src:
+            nodes = self.relabel_nodes(comp.rep.node, src.node)
             sample = substitute_obj(sample, comp.rep, src, nodes)
         return Cell(src.ref, self.targets[t].ref, status_of(rows), rows, comp.rep.ref, sample)
+
+    def text_map(self, m: int, t: int) -> Callable[[str], str] | None:
+        """How the texts of cell (member ``m``, target ``t``)'s computation become the
+        member's own: the representative's address, name and node replaced by the member's,
+        and for a mirrored NodePort column the two nodes swapped. None: unchanged."""
+        swap = self.swaps.get(t)
+        if swap is not None:
+            t0, a, b, sigma = swap
+            m2 = sigma.get(m, m)
+            inner = self.text_map(m2, t0)
+            pairs = dict(_pairs(self.members[m2], self.members[m]))
+            ta, tb = self.node_tokens.get(a, {}), self.node_tokens.get(b, {})
+            for role in ta.keys() & tb.keys():
+                pairs[ta[role]], pairs[tb[role]] = tb[role], ta[role]
+            swap_text = _swapper(tuple(sorted(pairs.items())))
+            if inner is None:
+                return swap_text
+            return lambda text: swap_text(inner(text))
+        comp = self.computations[self.table[t][m]]
+        src = self.members[m]
+        if comp.rep == src:
+            return None
+        nodes = self.relabel_nodes(comp.rep.node, src.node)
+        return lambda text: _replace(text, comp.rep, src, nodes)
 
     def relabel_nodes(self, old: str | None, new: str | None) -> dict[str, str]:
         """Address texts of node ``old`` -> the same roles' on node ``new`` (empty when the
@@ -353,9 +382,38 @@ def _replace(text: str, old: Source, new: Source, nodes: dict[str, str] | None =
     return text
 
 
-def relabel_text(text: str, old: Source, new: Source, nodes: dict[str, str] | None = None) -> str:
-    """``text`` of ``old``'s answer as ``new`` would have got it (see :func:`substitute_row`)."""
-    return _replace(text, old, new, nodes) if old != new else text
+def _mapped(row: dict[str, Any], relabel: Callable[[str], str]) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("reason", "sourceSeenByBackend"):
+        if isinstance(out.get(key), str):
+            out[key] = relabel(out[key])
+    return out
+
+
+def _pairs(old: Source, new: Source) -> Iterator[tuple[str, str]]:
+    """Text replacements of one source's identity by another's."""
+    if old == new:
+        return
+    if old.address and new.address:
+        yield old.address, new.address
+    yield old.ref, new.ref
+    if old.ns != old.ref and old.ns != new.ns:
+        yield old.ns, new.ns
+
+
+@lru_cache(maxsize=4096)
+def _swapper(pairs: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
+    """A function replacing every whole token of ``pairs`` at once (so a ↔ b swaps)."""
+    table = {k: v for k, v in pairs if k != v}
+    if not table:
+        return lambda text: text
+    alternatives = "|".join(re.escape(k) for k in sorted(table, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.\-/])(?:{alternatives})(?![\w\-]|\.\w)")
+
+    def swap(text: str) -> str:
+        return pattern.sub(lambda match: table[match.group(0)], text)
+
+    return swap
 
 
 def substitute_row(

@@ -14,7 +14,9 @@ any packet of the connection can see:
 * every other namespace treats X as it treats Y (routes via X, VXLAN entries for X, ARP
   claims…), again up to that relabelling — and the involved nodes, which keep their names,
   do so item by item;
-* both nodes run the same scenario node spec (labels, schedulability, gateway, subnet).
+* both nodes run the same scenario node spec (labels, schedulability, gateway, subnet);
+* neither is a *transit* node — one that something routes through to reach something else
+  (a router sending the service CIDR to it): those always keep their names.
 
 kube-proxy's rules on X and Y are not compared line by line: the proxier writes them from the
 cluster state and the node, and the node enters them only through its addresses (relabelled
@@ -92,6 +94,7 @@ class NodeSymmetry:
                 self.podnets.setdefault((cidr.network, cidr.prefix), i)
         self._podnet_of = {i: key for key, i in self.podnets.items()}
         self._owned_ns = self._owned_namespaces()
+        self.transit = self._transit_nodes()
         self._views = self._others_views()
         self._base = [self._base_signature(i) for i in range(len(self.nodes))]
         self._pair_cache: dict[tuple[int, int], Any] = {}
@@ -138,6 +141,32 @@ class NodeSymmetry:
         return peer_numbered(self._rel(i, f) for f in fields)
 
     # ------------------------------------------------------------------ views
+
+    def _transit_nodes(self) -> set[str]:
+        """Nodes that anything routes *through* to reach something else: a route via a node's
+        address to a prefix that is not that node's pod CIDR or address (a router sending the
+        service CIDR to one node), or a VXLAN entry pointing one node's VTEP at another
+        node's underlay (a pod's routes via its own node do not count). A packet may cross
+        such a node on the way to anywhere, so it always keeps its name: the anonymous "peer"
+        placeholders then stand only for nodes a packet of another node's connection never
+        crosses."""
+        out: set[str] = set()
+        for ns in self.world.namespaces.values():
+            for r in ns.routes.routes():
+                via = self.owner.get(r.via) if r.via is not None else None
+                if via is None or self._owned_ns.get(ns.name) == via:
+                    continue  # a pod's default route via its own node is its own business
+                own_dest = self.podnets.get((r.dest.network, r.dest.prefix)) == via or (
+                    r.dest.prefix == 32 and self.owner.get(r.dest.network) == via
+                )
+                if not own_dest:
+                    out.add(self.nodes[via])
+            vx = self.world.vxlans.get(ns.name)
+            for vtep, underlay in vx.fdb.items() if vx is not None else ():
+                a, b = self.owner.get(vtep), self.owner.get(underlay)
+                if b is not None and a != b:
+                    out.add(self.nodes[b])
+        return out
 
     def _owned_namespaces(self) -> dict[str, int]:
         """Namespace name -> node index, for a node's own namespace and its pods'."""
@@ -313,8 +342,9 @@ class NodeSymmetry:
     # ------------------------------------------------------------------ per target
 
     def involved(self, addresses: set[int], pods_at: dict[int, str]) -> set[str]:
-        """Nodes that hold, host or announce one of a target's ``addresses``."""
-        out = {self.nodes[self.owner[a]] for a in addresses if a in self.owner}
+        """Nodes that hold, host or announce one of a target's ``addresses``, and the
+        transit nodes (:meth:`_transit_nodes`), which every target involves."""
+        out = {self.nodes[self.owner[a]] for a in addresses if a in self.owner} | self.transit
         out |= {pods_at[a] for a in addresses if a in pods_at}
         for seg in self.world.segments.values():
             for a in addresses:

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from k8snet_sim.analysis.reach import SYMBOLS
-from k8snet_sim.analysis.reach_model import Cell, relabel_text, status_of
+from k8snet_sim.analysis.reach_model import Cell, status_of
 
 if TYPE_CHECKING:
     from k8snet_sim.analysis.reach import ReachDiff, ReachResult
@@ -222,12 +222,10 @@ def write_csv(result: ReachResult, stream: IO[str]) -> None:
                 ]
                 cached = fixed[k] = (head, endpoints, own.failures, own.source_seen)
             head, endpoints, failures, seen = cached
-            if comp.rep != first:  # the texts as this row's first member would have got them
-                nodes = result.relabel_nodes(comp.rep.node, first.node)
-                failures = list(
-                    dict.fromkeys((d, relabel_text(r, comp.rep, first, nodes)) for d, r in failures)
-                )
-                seen = sorted({relabel_text(x, comp.rep, first, nodes) for x in seen})
+            relabel = result.text_map(m, t)
+            if relabel is not None:  # the texts as this row's first member would have got them
+                failures = list(dict.fromkeys((d, relabel(r)) for d, r in failures))
+                seen = sorted({relabel(x) for x in seen})
             writer.writerow(
                 [
                     row.label,
