@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from k8snet_sim.analysis.targets import Target
 from k8snet_sim.errors import UnknownEndpoint
@@ -237,20 +237,38 @@ class ReachResult:
             t0, a, b, sigma = swap
             m2 = sigma.get(m, m)
             inner = self.text_map(m2, t0)
-            pairs = dict(_pairs(self.members[m2], self.members[m]))
-            ta, tb = self.node_tokens.get(a, {}), self.node_tokens.get(b, {})
-            for role in ta.keys() & tb.keys():
-                pairs[ta[role]], pairs[tb[role]] = tb[role], ta[role]
-            swap_text = _swapper(tuple(sorted(pairs.items())))
-            if inner is None:
-                return swap_text
-            return lambda text: swap_text(inner(text))
+            swap_text = self._swapper(a, b)
+            # The swap already exchanges the two nodes' tokens (a node source's whole
+            # identity); what is left is a pod's own address and name.
+            skip = {*self.node_tokens.get(a, {}).values(), *self.node_tokens.get(b, {}).values()}
+            pairs = [(x, y) for x, y in _pairs(self.members[m2], self.members[m]) if x not in skip]
+
+            def relabel(text: str) -> str:
+                text = swap_text(inner(text) if inner is not None else text)
+                for x, y in pairs:
+                    if x in text:
+                        text = _pattern(x).sub(y, text)
+                return text
+
+            return relabel
         comp = self.computations[self.table[t][m]]
         src = self.members[m]
         if comp.rep == src:
             return None
         nodes = self.relabel_nodes(comp.rep.node, src.node)
         return lambda text: _replace(text, comp.rep, src, nodes)
+
+    def _swapper(self, a: str, b: str) -> Callable[[str], str]:
+        """Swaps the tokens of nodes ``a`` and ``b`` in one pass."""
+        cache = self.__dict__.setdefault("_swappers", {})
+        fn = cache.get((a, b))
+        if fn is None:
+            ta, tb = self.node_tokens.get(a, {}), self.node_tokens.get(b, {})
+            pairs = {}
+            for role in ta.keys() & tb.keys():
+                pairs[ta[role]], pairs[tb[role]] = tb[role], ta[role]
+            fn = cache[(a, b)] = _swapper(tuple(sorted(pairs.items())))
+        return cast(Callable[[str], str], fn)
 
     def relabel_nodes(self, old: str | None, new: str | None) -> dict[str, str]:
         """Address texts of node ``old`` -> the same roles' on node ``new`` (empty when the
