@@ -16,7 +16,6 @@ Example
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Sequence
@@ -187,57 +186,71 @@ CSV_FIELDS = (
 )
 
 
+def _field(value: object) -> str:
+    """One CSV field as ``csv.writer`` (QUOTE_MINIMAL) writes it."""
+    text = str(value)
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def write_csv(result: ReachResult, stream: IO[str]) -> None:
     """One line per cell (rows × targets), streamed: large matrices never sit in memory.
 
     A computation answers many cells: what relabelling cannot change (status, counts,
-    probability, endpoints) is formatted once per computation, and only the reasons and the
-    source seen by the backend are relabelled per cell.
+    probability, dispositions, endpoints) is formatted once per computation, row and column
+    labels once each, and only the reasons and the source seen by the backend per cell.
     """
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    fixed: dict[int, tuple[list[Any], str, list[tuple[str, str]], list[str]]] = {}
+    stream.write(",".join(_field(f) for f in CSV_FIELDS) + "\n")
+    columns = [_field(c.ref) for c in result.targets]
+    # Per computation: (status..dispositions joined, endpoints + ",", failures, seen, rep).
+    fixed: dict[int, tuple[str, str, list[tuple[str, str]], list[str], str]] = {}
     for row in result.rows:
-        members = " ".join(m.ref for m in row.members)
+        label = _field(row.label)
+        members = _field(" ".join(m.ref for m in row.members))
         first = row.members[0]
         m = result.member_index(first.ref)
-        for t, column in enumerate(result.targets):
+        lines = []
+        for t, column in enumerate(columns):
             k = result.table[t][m]
-            comp = result.computations[k]
             cached = fixed.get(k)
             if cached is None:
-                own = Cell(comp.rep.ref, column.ref, status_of(comp.rows), comp.rows, comp.rep.ref)
+                comp = result.computations[k]
+                own = Cell(comp.rep.ref, "", status_of(comp.rows), comp.rows, comp.rep.ref)
                 endpoints = ";".join(
                     f"{e['pod'] or '-'}@{e['ip']}:{e['port']}={e['disposition']}"
                     if e["ip"]
                     else f"-={e['disposition']}"
                     for e in own.endpoints
                 )
-                head = [
-                    own.status,
-                    own.reachable,
-                    own.total,
-                    f"{own.probability:.6g}",
-                    " ".join(sorted({d for d, _ in own.failures})),
-                ]
-                cached = fixed[k] = (head, endpoints, own.failures, own.source_seen)
-            head, endpoints, failures, seen = cached
+                head = ",".join(
+                    _field(x)
+                    for x in (
+                        own.status,
+                        own.reachable,
+                        own.total,
+                        f"{own.probability:.6g}",
+                        " ".join(sorted({d for d, _ in own.failures})),
+                    )
+                )
+                cached = fixed[k] = (
+                    head,
+                    _field(endpoints),
+                    own.failures,
+                    own.source_seen,
+                    _field(comp.rep.ref),
+                )
+            head, endpoints, failures, seen, rep = cached
             relabel = result.text_map(m, t)
             if relabel is not None:  # the texts as this row's first member would have got them
                 failures = list(dict.fromkeys((d, relabel(r)) for d, r in failures))
                 seen = sorted({relabel(x) for x in seen})
-            writer.writerow(
-                [
-                    row.label,
-                    column.ref,
-                    *head,
-                    " | ".join(r for _, r in failures),
-                    " ".join(seen),
-                    endpoints,
-                    members,
-                    comp.rep.ref,
-                ]
+            reasons = _field(" | ".join(r for _, r in failures))
+            lines.append(
+                f"{label},{column},{head},{reasons},{_field(' '.join(seen))},"
+                f"{endpoints},{members},{rep}\n"
             )
+        stream.write("".join(lines))
 
 
 def render_csv(result: ReachResult) -> str:
