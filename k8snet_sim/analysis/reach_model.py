@@ -253,10 +253,11 @@ class ReachResult:
             return relabel
         comp = self.computations[self.table[t][m]]
         src = self.members[m]
-        if comp.rep == src:
+        if comp.rep is src:  # representatives are member objects
             return None
-        nodes = self.relabel_nodes(comp.rep.node, src.node)
-        return lambda text: _replace(text, comp.rep, src, nodes)
+        rep = comp.rep
+        nodes = self.relabel_nodes(rep.node, src.node)
+        return lambda text: _replace(text, rep, src, nodes)
 
     def _swapper(self, a: str, b: str) -> Callable[[str], str]:
         """Swaps the tokens of nodes ``a`` and ``b`` in one pass."""
@@ -275,8 +276,12 @@ class ReachResult:
         nodes are the same or unknown)."""
         if old == new or old not in self.node_tokens or new not in self.node_tokens:
             return {}
-        a, b = self.node_tokens[old], self.node_tokens[new]
-        return {a[r]: b[r] for r in a if r in b and a[r] != b[r]}
+        cache = self.__dict__.setdefault("_relabels", {})
+        out = cache.get((old, new))
+        if out is None:
+            a, b = self.node_tokens[old], self.node_tokens[new]
+            out = cache[(old, new)] = {a[r]: b[r] for r in a if r in b and a[r] != b[r]}
+        return cast(dict[str, str], out)
 
     def cell(self, row: int | str, target: int | str) -> Cell:
         """The cell of a row (by index, label, or the ref of one of its members)."""

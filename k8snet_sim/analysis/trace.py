@@ -153,7 +153,11 @@ class _BranchClient(RequestClient):
 
 
 def _run_once(
-    sim: Simulation, source_ns: str, target: Target, *, settle: float = 0.05,
+    sim: Simulation,
+    source_ns: str,
+    target: Target,
+    *,
+    settle: float = 0.05,
     branch: bool = False,
 ) -> tuple[Outcome, Recorder, int]:
     recorder = Recorder()

@@ -20,6 +20,7 @@ def ip(text: str) -> int:
     return int(IPv4Address(text))
 
 
+@lru_cache(maxsize=65536)  # traces, notes and server replies render the same few addresses
 def ip_str(value: int) -> str:
     """Render an int IPv4 address as dotted quad."""
     return f"{(value >> 24) & 255}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"

@@ -81,16 +81,21 @@ class Segment:
     members: list[tuple[str, str]] = field(default_factory=list)
     _arp: dict[int, tuple[str, str]] = field(default_factory=dict)
     _claims: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Bumped whenever an ARP answer may change: senders that cache what ``resolve`` found
+    # (the simulation does, per interface) look again.
+    generation: int = field(default=0, compare=False)
 
     def attach(self, host: str, iface: str, addresses: list[int]) -> None:
         self.members.append((host, iface))
         for address in addresses:
             self._arp.setdefault(address, (host, iface))
+        self.generation += 1
 
     def claim(self, address: int, host: str, iface: str) -> None:
         """Answer ARP for an address not configured on the interface (e.g. MetalLB's elected
         speaker announcing a LoadBalancer IP, or proxy ARP)."""
         self._claims[address] = (host, iface)
+        self.generation += 1
 
     def resolve(self, address: int) -> tuple[str, str] | None:
         """ARP: which (host, interface) answers for ``address`` on this segment."""

@@ -71,9 +71,10 @@ class IcmpError:
     reporter: str = ""  # simulation metadata: the namespace that generated the error
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Packet:
-    """An IPv4 packet. ``flags`` holds TCP flags as letters (S, A, F, R, P)."""
+    """An IPv4 packet. ``flags`` holds TCP flags as letters (S, A, F, R, P). A packet built
+    without a ``length`` is as long as its headers."""
 
     src: int
     dst: int
@@ -92,9 +93,39 @@ class Packet:
     label: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if not self.length:
-            self.length = HEADER_BYTES.get(self.proto, 28)
+    # Written out (the dataclass would call __post_init__ for the length): every packet a
+    # socket sends is built here.
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        proto: int,
+        sport: int = 0,
+        dport: int = 0,
+        flags: str = "",
+        length: int = 0,
+        ttl: int = 64,
+        icmp: IcmpError | None = None,
+        payload: Any = None,
+        mark: int = 0,
+        conn_id: int = 0,
+        label: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.sport = sport
+        self.dport = dport
+        self.flags = flags
+        self.length = length or HEADER_BYTES.get(proto, 28)
+        self.ttl = ttl
+        self.icmp = icmp
+        self.payload = payload
+        self.mark = mark
+        self.conn_id = conn_id
+        self.label = label
+        self.meta = {} if meta is None else meta
 
     def tuple(self) -> FiveTuple:
         return FiveTuple(self.proto, self.src, self.sport, self.dst, self.dport)

@@ -53,34 +53,51 @@ class Route:
         return text
 
 
+_CACHE_MAX = 65536
+_MISS = object()
+
+
 class RoutingTable:
     """The main routing table of a network namespace.
 
     Lookup is longest-prefix match; ties go to the route added first (like a metric tie).
-    Routes are bucketed by prefix length so a lookup costs at most 33 dict probes.
+    Routes are bucketed by prefix length so a lookup costs at most 33 dict probes, and the
+    answer per destination is remembered (a route cache) until the table changes.
     """
 
     def __init__(self) -> None:
         self._by_len: dict[int, dict[int, Route]] = {}
         self._lengths: list[int] = []
+        self._cache: dict[int, Route | None] = {}
 
     def add(self, route: Route) -> None:
         bucket = self._by_len.setdefault(route.dest.prefix, {})
         bucket.setdefault(route.dest.network, route)
         self._lengths = sorted(self._by_len, reverse=True)
+        self._cache.clear()
 
     def remove(self, dest: Cidr) -> None:
         bucket = self._by_len.get(dest.prefix)
         if bucket is not None:
             bucket.pop(dest.network, None)
+        self._cache.clear()
 
     def lookup(self, address: int) -> Route | None:
+        cache = self._cache
+        found = cache.get(address, _MISS)
+        if found is not _MISS:
+            return found  # type: ignore[return-value]
+        found = None
         for length in self._lengths:
             mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
             route = self._by_len[length].get(address & mask)
             if route is not None:
-                return route
-        return None
+                found = route
+                break
+        if len(cache) >= _CACHE_MAX:  # a scan of many addresses: start afresh
+            cache.clear()
+        cache[address] = found
+        return found
 
     def routes(self) -> list[Route]:
         """All routes, most specific first (``ip route`` order is not significant here)."""

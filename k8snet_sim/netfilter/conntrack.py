@@ -138,7 +138,10 @@ def tcp_advance(ct: ConntrackEntry, direction: int, flags: str, now: float) -> N
             ct.assured = True
         elif ct.state == "LAST_ACK":
             ct.state = "TIME_WAIT"
-    ct.expires = now + timeout_for(ct)
+    if ct.orig.proto in (TCP, SCTP):  # timeout_for(ct), inlined for the common case
+        ct.expires = now + TCP_TIMEOUTS.get(ct.state, GENERIC_TIMEOUT)
+    else:
+        ct.expires = now + timeout_for(ct)
 
 
 class ConntrackTable:

@@ -36,6 +36,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from heapq import merge
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from k8snet_sim.errors import RulesError
@@ -48,6 +49,7 @@ from k8snet_sim.netfilter.context import (
     RuleEvent,
     Verdict,
 )
+from k8snet_sim.netfilter.matches import CONTEXT_READS, LOCAL_READS, PACKET_READS, READABLE
 from k8snet_sim.netfilter.targets import TARGETS, TargetKind
 
 if TYPE_CHECKING:  # the model imports this engine; the engine needs the model only for types
@@ -159,7 +161,7 @@ def _error(message: str, rule: Rule, file: str, hint: str | None = None) -> Rule
 class _Compiled:
     """A compiled chain: rule tuples ``(predicates, kind, destination, apply, rule, effect)``."""
 
-    __slots__ = ("builtin", "find", "index", "name", "policy", "rules")
+    __slots__ = ("builtin", "find", "index", "memo", "name", "policy", "rules")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -168,6 +170,93 @@ class _Compiled:
         self.index = ""  # "dst" or "dport" when the chain is indexed
         self.policy: HookResult = ACCEPTED
         self.builtin = False
+        self.memo: WalkMemo | None = None  # builtin chains whose walks may be memoised
+
+
+class WalkMemo:
+    """Exact outcomes of walking one builtin chain, keyed by every input its rules can read.
+
+    A walk through rules whose matches all declare what they read (``Rule.reads``) and whose
+    targets are all pure (jumps, RETURN, ACCEPT/DROP/REJECT, LOG) is a function of those
+    inputs: the same inputs give the same verdict after the same number of rules. Most packets
+    of a load run are ESTABLISHED ones walking FORWARD → KUBE-FORWARD to the same ACCEPT; they
+    get the verdict, and ``rules_walked`` grows by what the walk would have added (the cost
+    model charges for it). The memo belongs to one compiled table, so it is thrown away with
+    it when the table changes; it is never used while a trace records rule events.
+
+    >>> memo = WalkMemo(frozenset({"dst", "ct_state"}))
+    >>> memo.fields
+    ('dst', 'ct_state')
+    """
+
+    __slots__ = ("fields", "key", "results")
+
+    def __init__(self, reads: frozenset[str]) -> None:
+        unknown = reads - READABLE
+        if unknown:
+            raise ValueError(f"cannot key a walk memo on {sorted(unknown)}")
+        packet_fields = tuple(sorted(reads & PACKET_READS))
+        ctx_fields = tuple(sorted(reads & CONTEXT_READS))
+        self.fields = packet_fields + ctx_fields + tuple(sorted(reads & LOCAL_READS))
+        self.results: dict[Any, tuple[HookResult, int]] = {}
+        self.key = _key_function(
+            packet_fields, ctx_fields, "local_src" in reads, "local_dst" in reads
+        )
+
+    def remember(self, key: Any, result: HookResult, walked: int) -> None:
+        results = self.results
+        if len(results) >= MEMO_MAX_ENTRIES:  # keys with ports can be many: start afresh
+            results.clear()
+        results[key] = (result, walked)
+
+
+MEMO_MAX_ENTRIES = 4096
+
+
+def _key_function(
+    packet_fields: tuple[str, ...], ctx_fields: tuple[str, ...], local_src: bool, local_dst: bool
+) -> Callable[[Packet, PacketContext], Any]:
+    """The memo key of a packet: its fields and its context's fields (``attrgetter`` reads them
+    in C), plus the addrtype answers when a rule asks them."""
+    of_packet = attrgetter(*packet_fields) if packet_fields else None
+    of_ctx = attrgetter(*ctx_fields) if ctx_fields else None
+    if local_src or local_dst:
+
+        def key(p: Packet, c: PacketContext) -> Any:
+            return (
+                of_packet(p) if of_packet is not None else None,
+                of_ctx(c) if of_ctx is not None else None,
+                c.is_local(p.src) if local_src else None,
+                c.is_local(p.dst) if local_dst else None,
+            )
+
+        return key
+    if of_packet is not None and of_ctx is not None:
+        return lambda p, c: (of_packet(p), of_ctx(c))
+    if of_packet is not None:
+        return lambda p, c: of_packet(p)
+    if of_ctx is not None:
+        return lambda p, c: of_ctx(c)
+    return lambda p, c: None
+
+
+def _memo_reads(start: _Compiled) -> frozenset[str] | None:
+    """What every rule reachable from ``start`` reads, or None when a walk from it may have an
+    effect or read something undeclared (then it is never memoised)."""
+    reads: set[str] = set()
+    seen = {id(start)}
+    stack = [start]
+    while stack:
+        cc = stack.pop()
+        for _, _, dest, _, rule, _ in cc.rules:
+            action = rule.action
+            if rule.reads is None or (action is not None and not action.pure):
+                return None
+            reads |= rule.reads
+            if dest is not None and id(dest) not in seen:
+                seen.add(id(dest))
+                stack.append(dest)
+    return frozenset(reads)
 
 
 class TableEngine:
@@ -215,7 +304,12 @@ class TableEngine:
                 cc.find, cc.index = _build_finder(cc.rules)
             else:
                 cc.find = _linear(cc.rules)
+        for cc in compiled.values():
+            if cc.builtin and (reads := _memo_reads(cc)) is not None:
+                cc.memo = WalkMemo(reads)
         self._chains = compiled
+        # The builtin chain each hook enters (a Hook is a str enum: it finds its chain by name).
+        self._starts = {name: cc for name, cc in compiled.items() if cc.builtin}
 
     def index_summary(self) -> dict[str, str]:
         """The indexed chains and their key (``dst`` or ``dport``), for tests and reports."""
@@ -223,9 +317,22 @@ class TableEngine:
 
     def run(self, hook: Hook, packet: Packet, ctx: PacketContext) -> HookResult:
         """Walk the builtin chain of ``hook``; ACCEPT when this table has no such chain."""
-        start = self._chains.get(hook.value) if hook.value in self._builtin else None
+        start = self._starts.get(hook)
         if start is None:
             return ACCEPTED
+        memo = start.memo
+        if memo is not None and ctx.events is None:
+            key = memo.key(packet, ctx)
+            known = memo.results.get(key)
+            if known is not None:
+                ctx.rules_walked += known[1]
+                return known[0]
+            walked = ctx.rules_walked
+            result = self._walk(start, packet, ctx)
+            if result is None:
+                result = start.policy
+            memo.remember(key, result, ctx.rules_walked - walked)
+            return result
         result = self._walk(start, packet, ctx)
         if result is not None:
             return result

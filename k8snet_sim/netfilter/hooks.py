@@ -16,7 +16,6 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from k8snet_sim.net.packet import Packet
@@ -30,7 +29,10 @@ from k8snet_sim.netfilter.context import (
     NetfilterState,
     PacketContext,
     RuleEvent,
+    Verdict,
 )
+
+_ACCEPT = Verdict.ACCEPT
 
 # Hook priorities for IPv4 (lower runs first).
 PRI_RAW = -300
@@ -68,28 +70,63 @@ NAT_MANIP: dict[Hook, str] = {
 }
 
 
-@dataclass(slots=True)
 class Skb:
     """A packet inside one namespace, with what the stack attached to it (like ``sk_buff``).
 
     ``ct`` and ``ct_dir`` are set by conntrack; ``rewrites`` collects "dst a → b" notes and
-    ``events`` rule events when tracing.
+    ``events`` rule events when tracing. ``extras`` is a scratch mapping for engines, made on
+    first use (one is built for every packet of a load run otherwise).
     """
 
-    pkt: Packet
-    ctx: PacketContext
-    conntrack: ConntrackTable
-    addressing: Any = None  # nat.HostAddressing of the namespace (MASQUERADE/REDIRECT)
-    ct: ConntrackEntry | None = None
-    ct_dir: int = 0
-    rewrites: list[str] | None = None
-    local_origin: bool = False
-    next_hop: int | None = None
-    extras: dict[str, object] = field(default_factory=dict)
+    __slots__ = (
+        "_extras",
+        "addressing",
+        "conntrack",
+        "ct",
+        "ct_dir",
+        "ctx",
+        "local_origin",
+        "next_hop",
+        "pkt",
+        "rewrites",
+    )
+
+    def __init__(
+        self,
+        pkt: Packet,
+        ctx: PacketContext,
+        conntrack: ConntrackTable,
+        addressing: Any = None,  # nat.HostAddressing of the namespace (MASQUERADE/REDIRECT)
+        ct: ConntrackEntry | None = None,
+        ct_dir: int = 0,
+        rewrites: list[str] | None = None,
+        local_origin: bool = False,
+        next_hop: int | None = None,
+    ) -> None:
+        self.pkt = pkt
+        self.ctx = ctx
+        self.conntrack = conntrack
+        self.addressing = addressing
+        self.ct = ct
+        self.ct_dir = ct_dir
+        self.rewrites = rewrites
+        self.local_origin = local_origin
+        self.next_hop = next_hop
+        self._extras: dict[str, object] | None = None
+
+    @property
+    def extras(self) -> dict[str, object]:
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = {}
+        return extras
 
     @property
     def events(self) -> list[RuleEvent] | None:
         return self.ctx.events
+
+    def __repr__(self) -> str:
+        return f"Skb({self.pkt}, hook={self.ctx.hook.value}, ct_dir={self.ct_dir})"
 
 
 HookFn = Callable[[Skb], HookResult]
@@ -100,7 +137,12 @@ class NetfilterStack:
 
     def __init__(self) -> None:
         self._ops: dict[Hook, list[tuple[int, str, HookFn]]] = {h: [] for h in Hook}
+        # The functions alone, per hook, in order: what ``run`` walks for every packet.
+        self._fns: dict[Hook, tuple[HookFn, ...]] = {h: () for h in Hook}
         self._count = 0
+        # Whether any function is registered: the datapath skips ``run`` when none is (pods,
+        # routers and outside hosts have no netfilter at all), which is what ``run`` would do.
+        self.hooked = False
 
     def register(self, hook: Hook, priority: int, name: str, fn: HookFn) -> None:
         ops = self._ops[hook]
@@ -108,11 +150,15 @@ class NetfilterStack:
         self._count += 1
         # Stable sort: equal priorities keep registration order, as nf_register_net_hook does.
         ops.sort(key=lambda op: op[0])
+        self._fns[hook] = tuple(op[2] for op in ops)
+        self.hooked = True
 
     def unregister(self, name: str) -> None:
         for hook in Hook:
             self._ops[hook] = [op for op in self._ops[hook] if op[1] != name]
+            self._fns[hook] = tuple(op[2] for op in self._ops[hook])
         self._count = sum(len(ops) for ops in self._ops.values())
+        self.hooked = self._count > 0
 
     def ops(self, hook: Hook) -> list[tuple[int, str, HookFn]]:
         return list(self._ops[hook])
@@ -122,13 +168,13 @@ class NetfilterStack:
 
     def run(self, hook: Hook, skb: Skb) -> HookResult:
         """Run every function at ``hook`` until one does not accept."""
-        ops = self._ops[hook]
-        if not ops:
+        fns = self._fns[hook]
+        if not fns:
             return ACCEPTED
         skb.ctx.hook = hook
-        for _, _, fn in ops:
+        for fn in fns:
             result = fn(skb)
-            if result is not ACCEPTED and not result.accepted:
+            if result is not ACCEPTED and result.verdict is not _ACCEPT:
                 return result
         return ACCEPTED
 

@@ -482,6 +482,7 @@ def compile_rule(
     label = f"{table}/{chain}: " + (_first_comment(matches) or args)
     env = MatchEnv(table, chain, label, compiled_header.protocol, line, ipsets)
     predicates = list(compiled_header.predicates)
+    reads: set[str] | None = set(compiled_header.reads)
     dport_key: int | None = None
     pure_so_far = True
     comment = ""
@@ -489,6 +490,8 @@ def compile_rule(
         compiled = build_match(name, options, env)
         if compiled.predicate is not None:
             predicates.append(compiled.predicate)
+        if reads is not None:
+            reads = None if compiled.reads is None else reads | compiled.reads
         if dport_key is None and pure_so_far and compiled.dport_key is not None:
             dport_key = compiled.dport_key
         pure_so_far = pure_so_far and compiled.pure
@@ -520,6 +523,7 @@ def compile_rule(
         action=action,
         dst_key=compiled_header.dst_key,
         dport_key=dport_key,
+        reads=None if reads is None else frozenset(reads),
     )
 
 

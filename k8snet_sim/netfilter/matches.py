@@ -89,12 +89,27 @@ class CompiledMatch:
 
     ``pure`` is False when evaluating the match has an effect (randomness, counters, recent
     lists): an index may only skip a rule on a pure test evaluated before any impure one.
+
+    ``reads`` names every input the predicate looks at (see :data:`READABLE`), declared by the
+    builder next to the code that reads it; None means "not declared", which keeps the
+    engine from memoising walks through the rule (``engine.TableEngine``). A match that has an
+    effect, draws randomness or consults state outside the packet and its context (an ipset,
+    a recent list, a counter) must leave it None.
     """
 
     predicate: Predicate | None
     pure: bool = True
     dport_key: int | None = None  # a single non-negated --dport: usable as an index key
     comment: str = ""
+    reads: frozenset[str] | None = None
+
+
+# What a predicate may read: packet fields, context fields, and whether the packet's source or
+# destination is a local address (``ctx.is_local``, the addrtype test).
+PACKET_READS = frozenset({"src", "dst", "proto", "sport", "dport", "flags", "mark"})
+CONTEXT_READS = frozenset({"in_iface", "out_iface", "ct_state", "ct_dnat", "ct_snat"})
+LOCAL_READS = frozenset({"local_src", "local_dst"})
+READABLE = PACKET_READS | CONTEXT_READS | LOCAL_READS
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,21 +252,26 @@ class CompiledHeader:
     predicates: tuple[Predicate, ...]
     protocol: int | None  # non-negated -p other than all
     dst_key: int | None  # non-negated -d host/32: usable as an index key
+    reads: frozenset[str] = frozenset()  # what the predicates read (see CompiledMatch)
 
 
 def build_header(options: dict[str, Option]) -> CompiledHeader:
     """Compile ``-s -d -p -i -o`` (all pure, all checked before any module, as in the kernel)."""
     predicates: list[Predicate] = []
+    reads: set[str] = set()
     dst_key: int | None = None
     if (opt := options.get("--destination")) is not None:
         cidr = _address(opt)
         predicates.append(_address_predicate(cidr, opt.negated, "dst"))
+        reads.add("dst")
         if cidr.prefix == 32 and not opt.negated:
             dst_key = cidr.network
     if (opt := options.get("--source")) is not None:
         predicates.append(_address_predicate(_address(opt), opt.negated, "src"))
+        reads.add("src")
     protocol: int | None = None
     if (opt := options.get("--protocol")) is not None:
+        reads.add("proto")
         number = parse_protocol(opt.value)
         if number == 0:
             if opt.negated:  # "! -p all" can never match
@@ -267,7 +287,8 @@ def build_header(options: dict[str, Option]) -> CompiledHeader:
                 raise RulesError(f"bad interface name `{opt.value}` (1–15 characters)")
             if opt.value != "+" or opt.negated:  # "-i +" matches every packet
                 predicates.append(_interface_predicate(opt.value, opt.negated, inbound))
-    return CompiledHeader(tuple(predicates), protocol, dst_key)
+                reads.add("in_iface" if inbound else "out_iface")
+    return CompiledHeader(tuple(predicates), protocol, dst_key, frozenset(reads))
 
 
 # --------------------------------------------------------------------------- match modules
@@ -276,6 +297,7 @@ def build_header(options: dict[str, Option]) -> CompiledHeader:
 def _ports(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
     """``-m tcp|udp|sctp``: ``--sport``/``--dport`` single ports or ranges; tcp flags."""
     tests: list[Predicate] = []
+    reads: set[str] = set()
     dport_key: int | None = None
     for name, attr in (("--source-port", "sport"), ("--destination-port", "dport")):
         if (opt := options.get(name)) is None:
@@ -284,12 +306,19 @@ def _ports(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         if attr == "dport" and low == high and not opt.negated:
             dport_key = low
         tests.append(_port_predicate(attr == "dport", low, high, opt.negated))
+        reads.add(attr)
     if (opt := options.get("--tcp-flags")) is not None:
         mask, comp = (_tcp_flags(v) for v in opt.values)
         tests.append(_flags_predicate(mask, comp, opt.negated))
+        reads.add("flags")
     if (opt := options.get("--syn")) is not None:
         tests.append(_flags_predicate(frozenset("SARF"), frozenset("S"), opt.negated))
-    return CompiledMatch(_all_of(tests), dport_key=dport_key if len(tests) == 1 else None)
+        reads.add("flags")
+    return CompiledMatch(
+        _all_of(tests),
+        dport_key=dport_key if len(tests) == 1 else None,
+        reads=frozenset(reads),
+    )
 
 
 def _port_predicate(destination: bool, low: int, high: int, neg: bool) -> Predicate:
@@ -342,10 +371,12 @@ def _multiport(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         return any(lo <= port <= hi for lo, hi in ranges)
 
     if opt.name == "--destination-ports":
-        return CompiledMatch(lambda p, c: hit(p.dport) != neg)
+        return CompiledMatch(lambda p, c: hit(p.dport) != neg, reads=frozenset({"dport"}))
     if opt.name == "--source-ports":
-        return CompiledMatch(lambda p, c: hit(p.sport) != neg)
-    return CompiledMatch(lambda p, c: (hit(p.sport) or hit(p.dport)) != neg)
+        return CompiledMatch(lambda p, c: hit(p.sport) != neg, reads=frozenset({"sport"}))
+    return CompiledMatch(
+        lambda p, c: (hit(p.sport) or hit(p.dport)) != neg, reads=frozenset({"sport", "dport"})
+    )
 
 
 def _addrtype(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
@@ -353,9 +384,11 @@ def _addrtype(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         if name in options:
             raise RulesError(f"-m addrtype {name} is not modelled", hint="drop it or use -i/-o")
     tests: list[Predicate] = []
+    reads: set[str] = set()
     for name, attr in (("--src-type", "src"), ("--dst-type", "dst")):
         if (opt := options.get(name)) is None:
             continue
+        reads.add(f"local_{attr}")
         kinds = set(opt.value.upper().split(","))
         if kinds != {"LOCAL"}:
             raise RulesError(
@@ -365,7 +398,7 @@ def _addrtype(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         tests.append(_local_predicate(attr == "src", opt.negated))
     if not tests:
         raise RulesError("-m addrtype needs --src-type or --dst-type")
-    return CompiledMatch(_all_of(tests))
+    return CompiledMatch(_all_of(tests), reads=frozenset(reads))
 
 
 def _local_predicate(source: bool, neg: bool) -> Predicate:
@@ -380,7 +413,7 @@ def _mark(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         raise RulesError("-m mark needs --mark value[/mask]")
     value, mask = parse_mark(opt.value)
     neg = opt.negated
-    return CompiledMatch(lambda p, c: ((p.mark & mask) == value) != neg)
+    return CompiledMatch(lambda p, c: ((p.mark & mask) == value) != neg, reads=frozenset({"mark"}))
 
 
 _STATE_NAMES = {s.value: s for s in ConnState}
@@ -414,7 +447,7 @@ def _conntrack(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         hit = ctx.ct_state in states or (dnat and ctx.ct_dnat) or (snat and ctx.ct_snat)
         return hit != neg
 
-    return CompiledMatch(test)
+    return CompiledMatch(test, reads=frozenset({"ct_state", "ct_dnat", "ct_snat"}))
 
 
 def _state(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
@@ -423,7 +456,7 @@ def _state(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         raise RulesError("-m state needs --state")
     states, _, _ = _states(opt, pseudo=False)
     neg = opt.negated
-    return CompiledMatch(lambda p, c: (c.ct_state in states) != neg)
+    return CompiledMatch(lambda p, c: (c.ct_state in states) != neg, reads=frozenset({"ct_state"}))
 
 
 def _statistic(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
@@ -477,7 +510,7 @@ def _comment(options: dict[str, Option], env: MatchEnv) -> CompiledMatch:
         raise RulesError("-m comment needs --comment TEXT")
     if len(opt.value) > 255:
         raise RulesError("comment longer than 255 characters")
-    return CompiledMatch(None, comment=opt.value)
+    return CompiledMatch(None, comment=opt.value, reads=frozenset())
 
 
 _PORT_OPTIONS = (

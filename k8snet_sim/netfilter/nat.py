@@ -42,6 +42,7 @@ from k8snet_sim.netfilter.hooks import (
 )
 
 LOOPBACK = ip("127.0.0.1")
+_NEW, _ESTABLISHED, _RELATED = ConnState.NEW, ConnState.ESTABLISHED, ConnState.RELATED
 _PORT_LO, _PORT_HI = 1024, 65535
 
 
@@ -81,13 +82,14 @@ class NatBinder:
             raise NatError("DNAT is only valid in PREROUTING and OUTPUT")
         ct, pkt = self._ct(), self.skb.pkt
         new_port = port if port is not None and pkt.proto != ICMP else pkt.dport
-        before = _fmt(pkt.dst, pkt.dport)
+        rewrites = self.skb.rewrites
+        before = _fmt(pkt.dst, pkt.dport) if rewrites is not None else ""
         ct.reply = FiveTuple(ct.reply.proto, address, new_port, ct.reply.dst, ct.reply.dport)
         ct.dnat = ct.dst_done = True
         pkt.dst, pkt.dport = address, new_port
         self.skb.ctx.ct_dnat = True
-        if self.skb.rewrites is not None:
-            self.skb.rewrites.append(f"DNAT dst {before} → {_fmt(address, new_port)}")
+        if rewrites is not None:
+            rewrites.append(f"DNAT dst {before} → {_fmt(address, new_port)}")
 
     def snat(
         self,
@@ -102,13 +104,14 @@ class NatBinder:
         ct, pkt = self._ct(), self.skb.pkt
         wanted = port if port is not None else pkt.sport
         chosen = self._free_port(ct, address, wanted, random_fully)
-        before = _fmt(pkt.src, pkt.sport)
+        rewrites = self.skb.rewrites
+        before = _fmt(pkt.src, pkt.sport) if rewrites is not None else ""
         ct.reply = FiveTuple(ct.reply.proto, ct.reply.src, ct.reply.sport, address, chosen)
         ct.snat = ct.src_done = True
         pkt.src, pkt.sport = address, chosen
         self.skb.ctx.ct_snat = True
-        if self.skb.rewrites is not None:
-            self.skb.rewrites.append(f"{how} src {before} → {_fmt(address, chosen)}")
+        if rewrites is not None:
+            rewrites.append(f"{how} src {before} → {_fmt(address, chosen)}")
 
     def _free_port(self, ct: ConntrackEntry, address: int, wanted: int, random_fully: bool) -> int:
         """Keep the source port when the resulting reply tuple is unique (nf_nat_used_tuple),
@@ -215,30 +218,37 @@ def conntrack_in(skb: Skb) -> HookResult:
         ctx.ct_state = ConnState.RELATED
         ctx.ct_reply = skb.ct_dir == REPLY
         return ACCEPTED
-    tup = pkt.tuple()
-    found = table.lookup(tup, now)
+    # A plain tuple finds the entry as the FiveTuple would (same hash, same equality); the
+    # FiveTuple itself is only built for a new entry.
+    proto = pkt.proto
+    key = (proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
     flags = pkt.flags
-    if (
-        found is not None
-        and pkt.proto == TCP
-        and flags == "S"
-        and found[1] == ORIGINAL
-        and found[0].state in ("TIME_WAIT", "CLOSE")
-    ):
-        table.remove(found[0])  # a new SYN reopens a closed tuple (NEW on sCL/sTW)
-        found = None
-    if found is not None:
-        ct, direction = found
+    # table.lookup(key, now), inlined: this runs for every packet through a node.
+    ct = table._by_tuple.get(key)  # type: ignore[call-overload]
+    if ct is not None and ct.expires < now:
+        table.remove(ct)
+        ct = None
+    if ct is not None:
+        direction = ORIGINAL if key == ct.orig else REPLY
+        if (
+            proto == TCP
+            and flags == "S"
+            and direction == ORIGINAL
+            and ct.state in ("TIME_WAIT", "CLOSE")
+        ):
+            table.remove(ct)  # a new SYN reopens a closed tuple (NEW on sCL/sTW)
+            ct = None
+    if ct is not None:
         skb.ct, skb.ct_dir = ct, direction
         if direction == REPLY and not ct.seen_reply:
             ct.seen_reply = True
-            if pkt.proto != TCP:
+            if proto != TCP:
                 ct.state, ct.assured = "REPLIED", True
-        if pkt.proto == TCP:
+        if proto == TCP:
             tcp_advance(ct, direction, flags, now)
         else:
             ct.expires = now + timeout_for(ct)
-        ctx.ct_state = ConnState.ESTABLISHED if ct.seen_reply else ConnState.NEW
+        ctx.ct_state = _ESTABLISHED if ct.seen_reply else _NEW
         ctx.ct_reply = direction == REPLY
         ctx.ct_dnat, ctx.ct_snat = ct.dnat, ct.snat
         return ACCEPTED
@@ -248,10 +258,10 @@ def conntrack_in(skb: Skb) -> HookResult:
         if "R" in flags or "S" in flags or "F" in flags:
             ctx.ct_state = ConnState.INVALID
             return ACCEPTED
-        ct = ConntrackEntry.new(tup, now)
+        ct = ConntrackEntry.new(FiveTuple(*key), now)
         ct.state = "ESTABLISHED"
     else:
-        ct = ConntrackEntry.new(tup, now)
+        ct = ConntrackEntry.new(FiveTuple(*key), now)
     skb.ct, skb.ct_dir = ct, ORIGINAL
     ctx.ct_state = ConnState.NEW
     ctx.ct_reply = False
@@ -280,14 +290,17 @@ def nat_hook(manip: str, run_table: NatTableFn | None) -> Callable[[Skb], HookRe
     ``run_table`` evaluates the nat rules for this hook (iptables nat table, nftables nat
     chains); None means no rules (null binding)."""
 
+    dst = manip == "dst"
+
     def hook(skb: Skb) -> HookResult:
-        ct, ctx = skb.ct, skb.ctx
+        ct = skb.ct
         if ct is None:
             return ACCEPTED
-        if ctx.ct_state is ConnState.RELATED:
+        ctx = skb.ctx
+        if ctx.ct_state is _RELATED:
             _translate_icmp_error(skb, manip)
             return ACCEPTED
-        done = ct.dst_done if manip == "dst" else ct.src_done
+        done = ct.dst_done if dst else ct.src_done
         if not done and skb.ct_dir == ORIGINAL and not ct.seen_reply:
             if run_table is not None:
                 ctx.nat = NatBinder(skb, manip)
@@ -299,12 +312,13 @@ def nat_hook(manip: str, run_table: NatTableFn | None) -> Callable[[Skb], HookRe
                     ctx.nat = None
                 if not result.accepted:
                     return result
-            if manip == "dst":
+            if dst:
                 ct.dst_done = True
             else:
                 ct.src_done = True
             return ACCEPTED
-        _translate(skb, manip)
+        if ct.dnat or ct.snat:  # a connection without NAT bindings has nothing to translate
+            _translate(skb, manip)
         return ACCEPTED
 
     return hook

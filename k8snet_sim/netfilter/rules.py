@@ -30,7 +30,7 @@ COMMIT
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, SupportsIndex
 
@@ -73,6 +73,9 @@ class Rule:
     action: CompiledTarget | None = field(default=None, repr=False)
     dst_key: int | None = field(default=None, repr=False)  # exact -d host: index key
     dport_key: int | None = field(default=None, repr=False)  # exact --dport, pure prefix
+    # Everything the rule's matches read (matches.READABLE); None when a match has an effect or
+    # reads state beyond the packet and its context (statistic, recent, set).
+    reads: frozenset[str] | None = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
@@ -328,7 +331,12 @@ class IptablesRuleset:
         if tab is None:
             return None
         cached = self._engines.get(table)
-        if cached is not None and cached[0] is tab and cached[1:3] == (tab.version, self.indexed):
+        if (
+            cached is not None
+            and cached[0] is tab
+            and cached[1] == tab._epoch.n  # tab.version, without the property call
+            and cached[2] == self.indexed
+        ):
             return cached[3]
         compiled = TableEngine(tab, indexed=self.indexed, file=self.file)
         self._engines[table] = (tab, tab.version, self.indexed, compiled)
@@ -343,6 +351,29 @@ class IptablesRuleset:
         if compiled is None:
             return ACCEPTED
         return compiled.run(hook, packet, ctx)
+
+    def hook_function(self, table: str, hook: Hook) -> Callable[[Any], HookResult]:
+        """The function to register at ``hook`` for ``table``: ``fn(skb)`` walks the table's
+        builtin chain for that hook, like :meth:`run` (and sees later changes to the table)."""
+
+        def run(skb: Any) -> HookResult:
+            # self.engine(table), inlined for the common case: the cached engine is current.
+            tab = self.tables.get(table)
+            cached = self._engines.get(table)
+            if (
+                cached is not None
+                and cached[0] is tab
+                and tab is not None
+                and cached[1] == tab._epoch.n
+                and cached[2] == self.indexed
+            ):
+                return cached[3].run(hook, skb.pkt, skb.ctx)
+            compiled = self.engine(table)
+            if compiled is None:
+                return ACCEPTED
+            return compiled.run(hook, skb.pkt, skb.ctx)
+
+        return run
 
     def run_chain(
         self, table: str, chain: str, packet: Packet, ctx: PacketContext

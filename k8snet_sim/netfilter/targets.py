@@ -52,10 +52,15 @@ class TargetKind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CompiledTarget:
+    """``pure``: applying the target changes nothing (packet, context, state) and its outcome
+    is a constant — jumps, RETURN, ACCEPT/DROP/REJECT, LOG. A walk through pure targets and
+    declared matches only may be memoised (``engine.TableEngine``)."""
+
     kind: TargetKind
     name: str  # target or chain name as written
     apply: Apply | None = None
     chain: str = ""  # destination of JUMP / GOTO
+    pure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,7 @@ def _verdict(verdict: Verdict, label: str, reject_with: str = "") -> CompiledTar
     result = HookResult(verdict, reason=label, reject_with=reject_with)
     effect = f"REJECT ({reject_with})" if reject_with else verdict.value
     outcome: Outcome = (result, effect)
-    return CompiledTarget(TargetKind.VERDICT, verdict.value, lambda p, c: outcome)
+    return CompiledTarget(TargetKind.VERDICT, verdict.value, lambda p, c: outcome, pure=True)
 
 
 def _accept(opts: dict[str, Option], label: str, proto: int | None) -> CompiledTarget:
@@ -102,7 +107,7 @@ def _drop(opts: dict[str, Option], label: str, proto: int | None) -> CompiledTar
 
 
 def _return(opts: dict[str, Option], label: str, proto: int | None) -> CompiledTarget:
-    return CompiledTarget(TargetKind.RETURN, "RETURN")
+    return CompiledTarget(TargetKind.RETURN, "RETURN", pure=True)
 
 
 def _reject(opts: dict[str, Option], label: str, proto: int | None) -> CompiledTarget:
@@ -262,7 +267,7 @@ def _log(opts: dict[str, Option], label: str, proto: int | None) -> CompiledTarg
             raise RulesError(f"bad --log-level `{level}`", hint=" ".join(_LOG_LEVELS))
     effect = f"LOG {prefix!r}" if prefix else "LOG"
     outcome: Outcome = (None, effect)
-    return CompiledTarget(TargetKind.CONTINUE, "LOG", lambda p, c: outcome)
+    return CompiledTarget(TargetKind.CONTINUE, "LOG", lambda p, c: outcome, pure=True)
 
 
 def _flags(*names: str) -> tuple[OptionDef, ...]:
@@ -342,7 +347,8 @@ def build_target(
     if definition is None:
         if options:
             raise RulesError(f"option {options[0].name} given to chain `{name}`, not a target")
-        return CompiledTarget(TargetKind.GOTO if goto else TargetKind.JUMP, name, chain=name)
+        kind = TargetKind.GOTO if goto else TargetKind.JUMP
+        return CompiledTarget(kind, name, chain=name, pure=True)
     if goto:
         raise RulesError(f"-g {name}: goto needs a user-defined chain")
     if definition.nat and table != "nat":

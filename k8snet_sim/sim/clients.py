@@ -59,7 +59,7 @@ class RequestClient:
     def on_established(self, sim: Simulation, conn: Endpoint) -> None:
         self.outcome.connected_at = sim.env.now
         send_message(sim, conn, self.request)
-        sim.later(sim.costs.response_timeout, self._response_timeout, sim, conn)
+        sim.timer(sim.costs.response_timeout, self._response_timeout, sim, conn)
 
     def _response_timeout(self, sim: Simulation, conn: Endpoint) -> None:
         if not self.done.triggered:
@@ -129,7 +129,7 @@ def connect(
         ep.state = "ESTABLISHED"
         app.on_established(sim, ep)
         if proto == UDP:
-            sim.later(sim.costs.tcp_rto, _udp_retry, sim, ep, app, 1)
+            sim.timer(sim.costs.tcp_rto, _udp_retry, sim, ep, app, 1)
     return ep
 
 
@@ -142,7 +142,7 @@ def _send_syn(sim: Simulation, ep: Endpoint, attempt: int) -> None:
         ep.app.on_closed(sim, ep, "timeout: no answer to SYN")
         return
     sim.send(ep.ns, ep.packet("S", label="SYN" if attempt == 0 else f"SYN (retry {attempt})"))
-    sim.later(sim.costs.tcp_rto * (2**attempt), _send_syn, sim, ep, attempt + 1)
+    sim.timer(sim.costs.tcp_rto * (2**attempt), _send_syn, sim, ep, attempt + 1)
 
 
 def _udp_retry(sim: Simulation, ep: Endpoint, app: Any, attempt: int) -> None:
@@ -156,4 +156,4 @@ def _udp_retry(sim: Simulation, ep: Endpoint, app: Any, attempt: int) -> None:
     request = getattr(app, "request", None)
     if request is not None:
         send_message(sim, ep, request)
-    sim.later(sim.costs.tcp_rto * (2**attempt), _udp_retry, sim, ep, app, attempt + 1)
+    sim.timer(sim.costs.tcp_rto * (2**attempt), _udp_retry, sim, ep, app, attempt + 1)

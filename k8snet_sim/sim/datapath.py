@@ -19,6 +19,7 @@ Example
 
 from __future__ import annotations
 
+from heapq import heappush, heapreplace
 from typing import TYPE_CHECKING
 
 from k8snet_sim.net.addr import ip_str
@@ -44,6 +45,7 @@ from k8snet_sim.netfilter.context import (
     Verdict,
 )
 from k8snet_sim.netfilter.hooks import Skb, new_context
+from k8snet_sim.sim.clock import CALL
 from k8snet_sim.sim.recorder import Hop
 from k8snet_sim.sim.sockets import tcp_input, udp_input
 
@@ -62,6 +64,7 @@ _PREROUTING, _INPUT, _FORWARD, _OUTPUT, _POSTROUTING = (
     Hook.POSTROUTING,
 )
 _NEW = ConnState.NEW
+_ACCEPT, _STOLEN = Verdict.ACCEPT, Verdict.STOLEN
 
 REJECT_ICMP_CODES = {
     "icmp-net-unreachable": (ICMP_DEST_UNREACH, 0),
@@ -130,9 +133,11 @@ def _skb(
     in_iface: str | None = None,
     out_iface: str | None = None,
 ) -> Skb:
-    st = sim.state(ns.name)
+    st = sim._states.get(ns.name) or sim.state(ns.name)
     if visit.hop is None:  # the hot path: positional arguments, no trace lists
-        ctx = PacketContext(hook, sim.env.now, sim.chooser, st.nf, ns.is_local, in_iface, out_iface)
+        ctx = PacketContext(
+            hook, sim.env._now, sim.chooser, st.nf, ns.is_local, in_iface, out_iface
+        )
         return Skb(pkt, ctx, st.conntrack, ns)
     ctx = new_context(
         hook=hook,
@@ -150,29 +155,37 @@ def _skb(
 def _charge(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet) -> tuple[float, float]:
     """Charge one packet's visit to ``ns``'s CPU owner: ``(cost, delay until done)``. A flow
     probe riding on the packet (bulk traffic learning its path) is told what was charged."""
-    cost = cost_of(sim, skb, pkt)
-    delay = sim.charge(ns, cost)
-    probe = pkt.meta.get("probe")
-    if probe is not None:
-        probe.on_cpu(ns, cost, pkt.length * sim.costs.byte_cost)
-    return cost, delay
-
-
-def cost_of(sim: Simulation, skb: Skb | None, pkt: Packet) -> float:
-    """CPU seconds for one packet through one namespace."""
     c = sim.costs
     cost = c.packet + pkt.length * c.byte_cost
     if skb is not None:
-        cost += skb.ctx.rules_walked * c.rule_cost + skb.ctx.map_lookups * c.map_lookup
+        ctx = skb.ctx
+        cost += ctx.rules_walked * c.rule_cost + ctx.map_lookups * c.map_lookup
         ct = skb.ct
         if ct is not None:
             cost += c.conntrack_lookup
-            if skb.ctx.ct_state is _NEW and not ct.confirmed:
+            if ctx.ct_state is _NEW and not ct.confirmed:
                 cost += c.conntrack_new
             if ct.dnat or ct.snat:
                 # Established NATed traffic: iptables mode reaches ~96 % of direct (§2, §7).
                 cost += pkt.length * c.byte_cost * c.nat_byte_overhead
-    return cost
+    # sim.charge(ns, cost), inlined for the kernel once the owner's cores exist (every packet
+    # event comes here): the least busy core takes the work.
+    owner = ns.cpu_owner
+    st = sim._states.get(owner) or sim.state(owner)
+    cores = st.cpu_free_at
+    if cores:
+        now = sim.env._now
+        free_at = cores[0]
+        end = (now if now >= free_at else free_at) + cost
+        heapreplace(cores, end)
+        st.cpu_busy_s += cost
+        delay = end - now
+    else:
+        delay = sim.charge(ns, cost)
+    probe = pkt.meta.get("probe")
+    if probe is not None:
+        probe.on_cpu(ns, cost, pkt.length * c.byte_cost)
+    return cost, delay
 
 
 # ----------------------------------------------------------------------------- receive
@@ -183,33 +196,38 @@ def receive(
 ) -> None:
     """ip_rcv: a packet arrives on ``iface`` (``skb`` is passed when looping back locally)."""
     visit = _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt)
-    pkt.mark = 0 if skb is None else pkt.mark  # skb->mark does not cross namespaces
-    if skb is None and ns.martian_check and iface != "lo" and pkt.src in ns.local_addresses:
-        _drop(
-            sim,
-            ns,
-            None,
-            pkt,
-            visit,
-            f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}",
-        )
-        return
     if skb is None:
-        skb = _skb(sim, ns, pkt, visit, _PREROUTING, in_iface=iface)
+        pkt.mark = 0  # skb->mark does not cross namespaces
+        if ns.martian_check and iface != "lo" and pkt.src in ns.local_addresses:
+            _drop(
+                sim,
+                ns,
+                None,
+                pkt,
+                visit,
+                f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}",
+            )
+            return
+        if visit.hop is None:  # _skb's hot path, inlined
+            st = sim._states.get(ns.name) or sim.state(ns.name)
+            ctx = PacketContext(
+                _PREROUTING, sim.env._now, sim.chooser, st.nf, ns.is_local, iface, None
+            )
+            skb = Skb(pkt, ctx, st.conntrack, ns)
+        else:
+            skb = _skb(sim, ns, pkt, visit, _PREROUTING, iface)
     else:
         skb.ctx.in_iface, skb.ctx.out_iface = iface, None
         if visit.hop is not None and skb.ctx.events is None:
             skb.ctx.events, skb.rewrites = [], []
-    result = ns.stack.run(_PREROUTING, skb)
-    if result is not ACCEPTED and not result.accepted:
+    stack = ns.stack
+    result = stack.run(_PREROUTING, skb) if stack.hooked else ACCEPTED
+    if result is not ACCEPTED and result.verdict is not _ACCEPT:
         _refuse(sim, ns, skb, visit, result, "PREROUTING")
         return
-    _route_input(sim, ns, skb, visit)
-
-
-def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
-    pkt = skb.pkt
-    if ns.is_local(pkt.dst):
+    # ip_rcv_finish: the routing decision (for a local address, ip_local_deliver).
+    dst = pkt.dst
+    if dst in ns.local_addresses or (dst >> 24) == 127:  # ns.is_local(dst), inlined
         _local_in(sim, ns, skb, visit)
         return
     if not ns.ip_forward:
@@ -219,16 +237,14 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
             skb,
             pkt,
             visit,
-            f"{ip_str(pkt.dst)} is not a local address and {ns.name} does not forward "
+            f"{ip_str(dst)} is not a local address and {ns.name} does not forward "
             "(net.ipv4.ip_forward=0)",
             verdict="drop",
         )
         return
-    route = ns.routes.lookup(pkt.dst)
+    route = ns.routes.lookup(dst)
     if route is None or route.kind != "unicast":
-        reason = (
-            f"no route to {ip_str(pkt.dst)}" if route is None else f"{route.kind} route {route}"
-        )
+        reason = f"no route to {ip_str(dst)}" if route is None else f"{route.kind} route {route}"
         _icmp_error(sim, ns, skb, ICMP_DEST_UNREACH, ICMP_NET_UNREACH, reason)
         _finish(sim, ns, skb, pkt, visit, "no-route", f"NO_ROUTE at {ns.name}: {reason}")
         return
@@ -236,11 +252,12 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
         _icmp_error(sim, ns, skb, ICMP_TIME_EXCEEDED, 0, "TTL exceeded")
         _finish(sim, ns, skb, pkt, visit, "ttl", f"TTL exceeded at {ns.name} (routing loop?)")
         return
+    # ip_forward
     pkt.ttl -= 1
     skb.ctx.out_iface = route.dev
-    skb.next_hop = route.via if route.via is not None else pkt.dst
-    result = ns.stack.run(_FORWARD, skb)
-    if result is not ACCEPTED and not result.accepted:
+    skb.next_hop = route.via if route.via is not None else dst
+    result = stack.run(_FORWARD, skb) if stack.hooked else ACCEPTED
+    if result is not ACCEPTED and result.verdict is not _ACCEPT:
         _refuse(sim, ns, skb, visit, result, "FORWARD")
         return
     _postrouting(
@@ -255,8 +272,9 @@ def _route_input(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None
 
 def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
     pkt = skb.pkt
-    result = ns.stack.run(_INPUT, skb)
-    if result.verdict is Verdict.STOLEN:
+    stack = ns.stack
+    result = stack.run(_INPUT, skb) if stack.hooked else ACCEPTED
+    if result.verdict is _STOLEN:
         # IPVS took the packet at LOCAL_IN after rewriting its destination, and sends it on
         # itself (ip_vs_nat_xmit): the rest of INPUT does not run; routing and POSTROUTING do.
         route = ns.routes.lookup(pkt.dst)
@@ -269,27 +287,29 @@ def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
             sim, ns, skb, visit, route, f"IPVS forward → {route}" if visit.hop is not None else ""
         )
         return
-    if result is not ACCEPTED and not result.accepted:
+    if result is not ACCEPTED and result.verdict is not _ACCEPT:
         _refuse(sim, ns, skb, visit, result, "INPUT")
         return
     cost, delay = _charge(sim, ns, skb, pkt)
     if visit.hop is not None:
         visit.hop.cost_s = cost
-    sim.later(delay, _deliver, sim, ns, skb, visit)
+    env = sim.env  # sim.later(delay, _deliver, …), inlined: once per local delivery
+    heappush(env._queue, (env._now + delay, CALL, next(env._eid), _deliver, (sim, ns, skb, visit)))
 
 
 def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
     """Hand a packet that passed INPUT to the socket layer."""
     pkt = skb.pkt
-    sockets = sim.sockets_of(ns.name)
+    sockets = (sim._states.get(ns.name) or sim.state(ns.name)).sockets  # sim.sockets_of
     if pkt.proto in (TCP, SCTP):
         note = tcp_input(sim, ns.name, sockets, pkt)
-        verdict = (
-            "stray"
-            if note.startswith("no socket")
-            else ("refused" if note.startswith("no listener") else "deliver")
-        )
-        visit.done(skb, pkt, verdict, note)
+        if visit.hop is not None:
+            verdict = (
+                "stray"
+                if note.startswith("no socket")
+                else ("refused" if note.startswith("no listener") else "deliver")
+            )
+            visit.done(skb, pkt, verdict, note)
         return
     if pkt.proto == UDP:
         vxlan = sim.world.vxlan_iface(ns.name) if pkt.dport == VXLAN_PORT else None
@@ -329,25 +349,32 @@ def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
 def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | None = None) -> bool:
     """ip_local_out for a packet created in ``ns``. Returns False if it could not be routed."""
     visit = _NO_VISIT if sim.recorder is None else Visit(sim, ns, pkt, verdict="send")
-    route = ns.routes.lookup(pkt.dst) if not ns.is_local(pkt.dst) else None
-    if route is None and not ns.is_local(pkt.dst):
+    dst = pkt.dst
+    local = dst in ns.local_addresses or (dst >> 24) == 127  # ns.is_local(dst), inlined
+    route = None if local else ns.routes.lookup(dst)
+    if route is None and not local:
         visit.done(None, pkt, "no-route", f"NO_ROUTE at {ns.name}: no route to {ip_str(pkt.dst)}")
         sim.socket_error(ns.name, pkt, f"no route to {ip_str(pkt.dst)} from {ns.name}")
         return False
     out_dev = route.dev if route is not None else "lo"
-    skb = _skb(sim, ns, pkt, visit, _OUTPUT, out_iface=out_dev)
+    if visit.hop is None:  # _skb's hot path, inlined
+        st = sim._states.get(ns.name) or sim.state(ns.name)
+        ctx = PacketContext(_OUTPUT, sim.env._now, sim.chooser, st.nf, ns.is_local, None, out_dev)
+        skb = Skb(pkt, ctx, st.conntrack, ns)
+    else:
+        skb = _skb(sim, ns, pkt, visit, _OUTPUT, out_iface=out_dev)
     skb.local_origin = True
     if related is not None and related.ct is not None:
         # Errors generated by REJECT carry the offending connection (nf_ct_attach), so NAT
         # translates their quoted header on the way out.
         skb.ct, skb.ct_dir = related.ct, 1 - related.ct_dir
         skb.ctx.ct_state = ConnState.RELATED
-    dst_before = pkt.dst
-    result = ns.stack.run(_OUTPUT, skb)
-    if result is not ACCEPTED and not result.accepted:
+    stack = ns.stack
+    result = stack.run(_OUTPUT, skb) if stack.hooked else ACCEPTED
+    if result is not ACCEPTED and result.verdict is not _ACCEPT:
         _refuse(sim, ns, skb, visit, result, "OUTPUT")
         return True
-    if pkt.dst != dst_before:  # ip_route_me_harder: NAT changed the destination
+    if pkt.dst != dst:  # ip_route_me_harder: NAT changed the destination
         route = ns.routes.lookup(pkt.dst) if not ns.is_local(pkt.dst) else None
         if route is None and not ns.is_local(pkt.dst):
             _drop(sim, ns, skb, pkt, visit, f"no route to {ip_str(pkt.dst)} after NAT")
@@ -356,7 +383,7 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
     if route is None:  # local destination: loop back through lo
         skb.ctx.out_iface = "lo"
         result = ns.stack.run(Hook.POSTROUTING, skb)
-        if not result.accepted:
+        if result is not ACCEPTED and result.verdict is not _ACCEPT:
             _refuse(sim, ns, skb, visit, result, "POSTROUTING")
             return True
         visit.done(skb, pkt, "send", "loopback (lo)")
@@ -371,17 +398,31 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
 def _postrouting(
     sim: Simulation, ns: Namespace, skb: Skb, visit: Visit, route: Route, action: str
 ) -> None:
-    result = ns.stack.run(_POSTROUTING, skb)
-    if result is not ACCEPTED and not result.accepted:
+    stack = ns.stack
+    result = stack.run(_POSTROUTING, skb) if stack.hooked else ACCEPTED
+    if result is not ACCEPTED and result.verdict is not _ACCEPT:
         _refuse(sim, ns, skb, visit, result, "POSTROUTING")
         return
     pkt = skb.pkt
     next_hop = skb.next_hop if skb.next_hop is not None else pkt.dst
     cost, delay = _charge(sim, ns, skb, pkt)
-    visit.done(skb, pkt, "send" if skb.local_origin else "forward", action)
     if visit.hop is not None:
+        visit.done(skb, pkt, "send" if skb.local_origin else "forward", action)
         visit.hop.cost_s = cost
-    sim.transmit(ns, route.dev, next_hop, pkt, delay=delay, skb=skb)
+    if delay > 0.0:  # sim.transmit, inlined: join the egress queue once the CPU work is done
+        env = sim.env
+        heappush(
+            env._queue,
+            (
+                env._now + delay,
+                CALL,
+                next(env._eid),
+                sim._enqueue,
+                (ns, route.dev, next_hop, pkt, skb),
+            ),
+        )
+    else:
+        sim._enqueue(ns, route.dev, next_hop, pkt, skb)
 
 
 # ----------------------------------------------------------------------------- bridge
@@ -397,11 +438,12 @@ def bridge_netfilter(sim: Simulation, owner: Namespace, port_iface: str, pkt: Pa
         if hook is not Hook.PREROUTING:
             skb.ctx.out_iface = port_iface
         result = owner.stack.run(hook, skb)
-        if not result.accepted:
+        if result is not ACCEPTED and result.verdict is not _ACCEPT:
             _refuse(sim, owner, skb, visit, result, f"{hook.value} (bridged)")
             return False
     _charge(sim, owner, skb, pkt)
-    visit.done(skb, pkt, "forward", f"bridge {port_iface} (br_netfilter)")
+    if visit.hop is not None:
+        visit.done(skb, pkt, "forward", f"bridge {port_iface} (br_netfilter)")
     return True
 
 

@@ -13,7 +13,6 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from k8snet_sim.cluster.model import ClusterState
@@ -21,8 +20,7 @@ from k8snet_sim.errors import NotSupported
 from k8snet_sim.net.addr import ip, ip_str
 from k8snet_sim.net.link import Interface
 from k8snet_sim.net.packet import PROTO_NUMBERS
-from k8snet_sim.netfilter.context import Hook, HookResult
-from k8snet_sim.netfilter.hooks import IPTABLES_TABLE_HOOKS, Skb
+from k8snet_sim.netfilter.hooks import IPTABLES_TABLE_HOOKS
 from k8snet_sim.netfilter.iptables_save import parse_iptables_save
 from k8snet_sim.netfilter.ipvs import IpvsTable, install_ipvs
 from k8snet_sim.netfilter.nat import install_conntrack
@@ -42,13 +40,6 @@ if TYPE_CHECKING:
 MODES = ("userspace", "iptables", "ipvs", "nftables")
 
 
-def _table_fn(ruleset: IptablesRuleset, table: str, hook: Hook) -> Callable[[Skb], HookResult]:
-    def run(skb: Skb) -> HookResult:
-        return ruleset.run(table, hook, skb.pkt, skb.ctx)
-
-    return run
-
-
 def install_iptables(ns: Namespace, ruleset: IptablesRuleset) -> None:
     """Register an iptables ruleset's tables at their hooks (NAT behind conntrack)."""
     nat_tables = {}
@@ -56,7 +47,7 @@ def install_iptables(ns: Namespace, ruleset: IptablesRuleset) -> None:
         if table not in ruleset.tables:
             continue
         for hook, priority in hooks.items():
-            fn = _table_fn(ruleset, table, hook)
+            fn = ruleset.hook_function(table, hook)
             if table == "nat":
                 nat_tables[hook] = (priority, "iptables nat", fn)
             else:

@@ -121,7 +121,7 @@ class NsState:
     sockets: Any = None  # sim.sockets.SocketTable (set by the simulation)
     tx_free_at: dict[str, float] = field(default_factory=dict)  # egress queue per interface
     tx_backlog: dict[str, deque[float]] = field(default_factory=dict)
-    cpu_free_at: list[float] = field(default_factory=list)  # per core (cpu owners only)
+    cpu_free_at: list[float] = field(default_factory=list)  # per core, a heap (cpu owners only)
     cpu_busy_s: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)  # drops etc., by reason class
     apps: dict[str, Any] = field(default_factory=dict)  # state of stateful services (rr index…)

@@ -20,19 +20,20 @@ import copy
 import random
 from collections import deque
 from collections.abc import Callable
+from heapq import heappush, heapreplace
 from typing import Any
 
 import simpy
-from simpy.events import NORMAL
 
 from k8snet_sim.net.addr import ip_str
-from k8snet_sim.net.link import ETHERNET_OVERHEAD_BYTES
+from k8snet_sim.net.link import ETHERNET_OVERHEAD_BYTES, Segment
 from k8snet_sim.net.packet import HEADER_BYTES, UDP, Packet
 from k8snet_sim.netfilter.conntrack import ConntrackTable
 from k8snet_sim.netfilter.context import Chooser
 from k8snet_sim.netfilter.hooks import Skb
 from k8snet_sim.sim import datapath
 from k8snet_sim.sim.choice import SeededChooser
+from k8snet_sim.sim.clock import CALL, Clock
 from k8snet_sim.sim.costs import CostModel
 from k8snet_sim.sim.namespace import Namespace, NsState
 from k8snet_sim.sim.recorder import Recorder
@@ -75,24 +76,49 @@ class TxQueue:
         self.drops = 0  # tail drops: the buffer was full
 
 
-class _Call(simpy.events.Event):
-    """A scheduled function call: a lighter Timeout with its callback built in (hot path)."""
+class _Port:
+    """What sending on one interface of one namespace needs, looked up once per simulation:
+    its segment, its egress queue (created when first used, as :meth:`Simulation.tx_queue`
+    does) and the neighbours ARP found on it, each with the bridge owner whose netfilter a
+    bridged frame crosses. Segment wiring is static while a simulation runs; ARP claims bump
+    ``Segment.generation``, which forgets the neighbours found before."""
 
-    def __init__(
-        self, env: simpy.Environment, delay: float, fn: Callable[..., Any], args: tuple[Any, ...]
-    ) -> None:
-        # Inlined Event.__init__, as simpy's own Timeout does, for speed.
-        self.env = env
-        self.callbacks = [_fire]
-        self._value = None
-        self._ok = True
-        self.fn = fn
-        self.args = args
-        env.schedule(self, NORMAL, delay)
+    __slots__ = ("generation", "neighbours", "queue", "segment", "vxlan")
 
+    def __init__(self, world: World, ns: Namespace, iface_name: str) -> None:
+        iface = ns.interfaces[iface_name]
+        self.vxlan = iface.kind == "vxlan"
+        self.segment: Segment | None = None
+        if not self.vxlan and iface.segment is not None:
+            self.segment = world.segments[iface.segment]
+        self.queue: TxQueue | None = None
+        self.neighbours: dict[int, tuple[Namespace, str, Namespace | None]] = {}
+        self.generation = -1
 
-def _fire(event: Any) -> None:
-    event.fn(*event.args)
+    def resolve(
+        self, world: World, ns: Namespace, next_hop: int
+    ) -> tuple[Namespace, str, Namespace | None] | None:
+        """ARP for ``next_hop``: the peer namespace and interface, and the bridge owner when
+        the frame is bridged between two ports of a node's bridge (br_netfilter)."""
+        seg = self.segment
+        assert seg is not None
+        if self.generation != seg.generation:
+            self.neighbours.clear()
+            self.generation = seg.generation
+        peer = seg.resolve(next_hop)
+        if peer is None:
+            return None
+        owner = None
+        if (
+            seg.kind == "bridge"
+            and seg.bridge_nf
+            and seg.owner is not None
+            and ns.name != seg.owner
+            and peer[0] != seg.owner
+        ):
+            owner = world.namespaces[seg.owner]
+        found = self.neighbours[next_hop] = (world.namespaces[peer[0]], peer[1], owner)
+        return found
 
 
 def frames_of(pkt: Packet) -> int:
@@ -119,7 +145,7 @@ class Simulation:
     ) -> None:
         self.world = world
         self.seed = seed
-        self.env = simpy.Environment(initial_time=start)
+        self.env = Clock(initial_time=start)
         self.rng = random.Random(seed)
         self.chooser: Chooser = chooser or SeededChooser(self.rng)
         self.costs = costs or world.costs
@@ -127,6 +153,7 @@ class Simulation:
         self._states: dict[str, NsState] = {}
         self._conn_seq = 0
         self.tx_queues: dict[tuple[str, str], TxQueue] = {}
+        self._ports: dict[tuple[Namespace, str], _Port] = {}
         # CPU seconds charged to processes other than the kernel, by (CPU owner, process).
         self.cpu_process: dict[tuple[str, str], float] = {}
 
@@ -214,7 +241,13 @@ class Simulation:
             return
         if delay < 0:
             raise ValueError(f"Negative delay {delay}")
-        _Call(self.env, delay, fn, args)
+        env = self.env  # Clock.call_later, inlined
+        heappush(env._queue, (env._now + delay, CALL, next(env._eid), fn, args))
+
+    def timer(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Like :meth:`later`, for a timer whose length many share (retransmission and
+        response timeouts): the same order of events, kept pending more cheaply."""
+        self.env.call_timer(delay, fn, args)
 
     def run(self, until: float | simpy.Event | None = None) -> None:
         self.env.run(until=until)
@@ -234,11 +267,14 @@ class Simulation:
         if not cores:
             owner = self.world.namespaces.get(owner_name, ns)
             cores.extend([0.0] * max(1, owner.cores))
-        now = self.env.now
-        # The least busy core (the first of equals): a FIFO run queue per core.
-        i = cores.index(min(cores))
-        end = max(now, cores[i]) + cost
-        cores[i] = end
+        now = self.env._now
+        # The least busy core takes the work: a FIFO run queue per core. The cores are a heap
+        # of the times they fall idle (which core is which does not matter, only when each
+        # is free), so the least busy is the first. (datapath._charge inlines this for the
+        # kernel: change both together.)
+        free_at = cores[0]
+        end = (now if now >= free_at else free_at) + cost  # max(now, free_at) + cost
+        heapreplace(cores, end)
         st.cpu_busy_s += cost
         if process is not KERNEL:
             key = (owner_name, process)
@@ -261,7 +297,6 @@ class Simulation:
         iface_name: str,
         next_hop: int,
         pkt: Packet,
-        *,
         delay: float = 0.0,
         skb: Skb | None = None,
     ) -> None:
@@ -270,40 +305,61 @@ class Simulation:
         so a first packet walking thousands of rules does not hold up packets other cores
         finish earlier."""
         if delay > 0.0:
-            _Call(self.env, delay, self._enqueue, (ns, iface_name, next_hop, pkt, skb))
+            env = self.env  # Clock.call_later, inlined (once per packet event)
+            heappush(
+                env._queue,
+                (
+                    env._now + delay,
+                    CALL,
+                    next(env._eid),
+                    self._enqueue,
+                    (ns, iface_name, next_hop, pkt, skb),
+                ),
+            )
         else:
             self._enqueue(ns, iface_name, next_hop, pkt, skb)
 
     def _enqueue(
         self, ns: Namespace, iface_name: str, next_hop: int, pkt: Packet, skb: Skb | None
     ) -> None:
-        iface = ns.interfaces[iface_name]
-        if iface.kind == "vxlan":
-            self._vxlan_encap(ns, iface_name, next_hop, pkt, 0.0)
+        port = self._ports.get((ns, iface_name))
+        if port is None:
+            port = self._ports[(ns, iface_name)] = _Port(self.world, ns, iface_name)
+        seg = port.segment
+        if seg is None:  # not on a segment: a VXLAN device, or an interface left unplugged
+            if port.vxlan:
+                self._vxlan_encap(ns, iface_name, next_hop, pkt, 0.0)
+            else:
+                datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, iface_name)
             return
-        if iface.segment is None:
-            datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, iface_name)
-            return
-        seg = self.world.segments[iface.segment]
-        peer = seg.resolve(next_hop)
-        if peer is None:
-            datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, seg.name)
-            return
-        if (
-            seg.kind == "bridge"
-            and seg.bridge_nf
-            and seg.owner is not None
-            and ns.name != seg.owner
-            and peer[0] != seg.owner
-        ):
-            owner = self.world.namespaces[seg.owner]
-            if not datapath.bridge_netfilter(self, owner, seg.owner_iface or "cni0", pkt):
+        neighbour = port.neighbours.get(next_hop) if port.generation == seg.generation else None
+        if neighbour is None:
+            neighbour = port.resolve(self.world, ns, next_hop)
+            if neighbour is None:
+                datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, seg.name)
                 return
-        queue = self.tx_queues.get((ns.name, iface_name)) or self.tx_queue(ns.name, iface_name)
-        now = self.env.now
+        peer_ns, peer_iface, bridge_owner = neighbour
+        if bridge_owner is not None and not datapath.bridge_netfilter(
+            self, bridge_owner, seg.owner_iface or "cni0", pkt
+        ):
+            return
+        queue = port.queue
+        if queue is None:
+            queue = port.queue = self.tx_queues.get((ns.name, iface_name)) or self.tx_queue(
+                ns.name, iface_name
+            )
+        now = self.env._now
         backlog = queue.backlog
-        while backlog and backlog[0][0] <= now:
-            queue.frames -= backlog.popleft()[1]
+        free_at = queue.free_at
+        if free_at <= now:
+            # The wire is idle: everything queued has left (departures are in order and the
+            # last one is ``free_at``), which the loop below would find one by one.
+            if backlog:
+                backlog.clear()
+                queue.frames = 0
+        else:
+            while backlog and backlog[0][0] <= now:
+                queue.frames -= backlog.popleft()[1]
         length = pkt.length
         frames = 1 if length <= FRAME_MTU else frames_of(pkt)
         if queue.frames and queue.frames + frames > seg.buffer_packets:
@@ -318,8 +374,8 @@ class Simulation:
                 length + (frames - 1) * (HEADER_BYTES.get(pkt.proto, 28) + ETHERNET_OVERHEAD_BYTES)
             )
         )
-        start = max(now, queue.free_at)
-        serialization = seg.serialization_s(wire_length)
+        start = now if now >= free_at else free_at  # max(now, free_at), the same float
+        serialization = (wire_length + ETHERNET_OVERHEAD_BYTES) * 8 / seg.bandwidth_bps
         depart = start + serialization
         queue.free_at = depart
         backlog.append((depart, frames))
@@ -330,9 +386,16 @@ class Simulation:
         probe = pkt.meta.get("probe")
         if probe is not None:
             probe.on_link(queue, wire_length + ETHERNET_OVERHEAD_BYTES)
-        peer_ns = self.world.namespaces[peer[0]]
-        _Call(
-            self.env, depart + seg.latency_s - now, datapath.receive, (self, peer_ns, peer[1], pkt)
+        env = self.env  # Clock.call_later, inlined (once per packet event)
+        heappush(
+            env._queue,
+            (
+                now + (depart + seg.latency_s - now),
+                CALL,
+                next(env._eid),
+                datapath.receive,
+                (self, peer_ns, peer_iface, pkt),
+            ),
         )
 
     def tx_queue(self, ns_name: str, iface_name: str) -> TxQueue:

@@ -85,18 +85,24 @@ class Endpoint:
         meta: dict[str, Any] = {"dir": 0 if self.role == "client" else 1}
         if message is not None and "probe" in message.data:
             meta["probe"] = message.data["probe"]
+        proto, local, remote = self.proto, self.local, self.remote
+        # Positional (src, dst, proto, sport, dport, flags, length, ttl, icmp, payload, mark,
+        # conn_id, label, meta): one packet per message or handshake segment.
         return Packet(
-            src=self.local[0],
-            dst=self.remote[0],
-            proto=self.proto,
-            sport=self.local[1],
-            dport=self.remote[1],
-            flags=flags,
-            length=HEADER_BYTES.get(self.proto, 28) + size,
-            payload=message,
-            conn_id=self.conn_id,
-            label=label or flags,
-            meta=meta,
+            local[0],
+            remote[0],
+            proto,
+            local[1],
+            remote[1],
+            flags,
+            HEADER_BYTES.get(proto, 28) + size,
+            64,
+            None,
+            message,
+            0,
+            self.conn_id,
+            label or flags,
+            meta,
         )
 
     def describe(self) -> str:
