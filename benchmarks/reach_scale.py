@@ -149,7 +149,7 @@ def main() -> None:
         t3 = time.perf_counter()
         out = Path(tmp) / "reach.csv"
         with out.open("w", encoding="utf-8") as fh:  # a throwaway file: streamed, not atomic
-            write_csv(result, fh)
+            write_csv(result, fh, jobs=args.jobs)
         t4 = time.perf_counter()
         cells = len(result.members) * len(result.targets)
         print(f"scenario      {result.scenario} ({args.mode}), jobs {args.jobs}")

@@ -107,8 +107,14 @@ def register(app: typer.Typer) -> None:
         """Reachability matrix: who can reach what, and if not, why not."""
         from k8snet_sim.analysis.reach import compare_reach
         from k8snet_sim.analysis.reach import reach as run_reach
-        from k8snet_sim.report.files import atomic_write_text
-        from k8snet_sim.report.reach_formats import FORMATS, diff_view, print_reach, render
+        from k8snet_sim.report.files import atomic_write_text, atomic_write_with
+        from k8snet_sim.report.reach_formats import (
+            FORMATS,
+            diff_view,
+            print_reach,
+            render,
+            write_csv,
+        )
 
         fmt = "json" if as_json else fmt
         if fmt not in FORMATS:
@@ -136,9 +142,11 @@ def register(app: typer.Typer) -> None:
         if output is None and fmt == "table":
             print_reach(result, console, diff)
         else:
-            text = render(result, fmt, diff, world=sim.world)
             if output is not None:
-                atomic_write_text(output, text)
+                if fmt == "csv":  # streamed: a large matrix's CSV need not fit in memory
+                    atomic_write_with(output, lambda fh: write_csv(result, fh, jobs=jobs))
+                else:
+                    atomic_write_text(output, render(result, fmt, diff, world=sim.world))
                 console.print(
                     f"{fmt} report written to {output}: {result.summary()}",
                     markup=False,
@@ -147,7 +155,7 @@ def register(app: typer.Typer) -> None:
                 if diff is not None:
                     console.print(diff_view(diff))
             else:
-                sys.stdout.write(text)
+                sys.stdout.write(render(result, fmt, diff, world=sim.world))
                 if diff is not None and fmt == "csv":
                     err_console.print(diff_view(diff))
         if fail_on_diff and diff:

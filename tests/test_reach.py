@@ -3,6 +3,7 @@ grouped-vs-brute-force equivalence, comparisons, formats and the CLI's exit stat
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from k8snet_sim.analysis.trace import trace
 from k8snet_sim.api import load
 from k8snet_sim.cli import app
 from k8snet_sim.errors import UnknownEndpoint
-from k8snet_sim.report.reach_formats import render, render_json, render_table
+from k8snet_sim.report.reach_formats import render, render_json, render_table, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUIV = ROOT / "tests/data/reach-equivalence.yaml"
@@ -349,3 +350,18 @@ def test_cli_writes_reports_atomically(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
     printed = _cli(scenario, "--format", "json")
     assert printed.output == out.read_text()
+
+
+def test_csv_is_the_same_in_parallel_and_streamed_atomically(
+    tmp_path: Path, equiv_shared: ReachResult
+) -> None:
+    one = render(equiv_shared, "csv")
+    for jobs in (2, 3):
+        buf = io.StringIO()
+        write_csv(equiv_shared, buf, jobs=jobs)
+        assert buf.getvalue() == one
+    out = tmp_path / "r.csv"
+    result = _cli(str(EQUIV), "--format", "csv", "-o", str(out), "--jobs", "2")
+    assert result.exit_code == 0 and "written to" in result.output
+    assert out.read_text(encoding="utf-8") == one
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left

@@ -391,6 +391,8 @@ def _pattern(token: str) -> re.Pattern[str]:
 
 
 def _replace(text: str, old: Source, new: Source, nodes: dict[str, str] | None = None) -> str:
+    if text == old.address and new.address:  # the commonest text: the source's own address
+        return new.address
     if old.address and new.address and old.address in text:
         text = _pattern(old.address).sub(new.address, text)
     if old.ref in text:
