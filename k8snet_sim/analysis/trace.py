@@ -27,7 +27,7 @@ from k8snet_sim.analysis.targets import Target, resolve_source, resolve_target
 from k8snet_sim.net.packet import TCP, UDP
 from k8snet_sim.sim.choice import ScriptedChooser, explore
 from k8snet_sim.sim.clients import Outcome, RequestClient, connect
-from k8snet_sim.sim.recorder import Hop, Recorder
+from k8snet_sim.sim.recorder import TERMINAL_VERDICTS, Hop, Recorder
 from k8snet_sim.sim.simulation import Simulation
 from k8snet_sim.sim.sockets import Message
 
@@ -160,7 +160,9 @@ def _run_once(
     settle: float = 0.05,
     branch: bool = False,
 ) -> tuple[Outcome, Recorder, int]:
-    recorder = Recorder()
+    # Branches are explored for their verdicts only: a lean record (no rule events), which also
+    # lets the engine replay filter-table walks it has seen before.
+    recorder = Recorder(lean=branch)
     sim.recorder = recorder
     cid = sim.next_conn_id()
     client = (_BranchClient if branch else RequestClient)(sim, _request(target))
@@ -257,7 +259,7 @@ def _base_label(label: str) -> str:
     return label.removeprefix("VXLAN(").removesuffix(")")
 
 
-TERMINAL = ("deliver", "stray", "drop", "reject", "no-route", "ttl", "refused")
+TERMINAL = TERMINAL_VERDICTS
 
 
 def _first_packet_hops(hops: list[Hop], conn: int, direction: int) -> list[Hop]:

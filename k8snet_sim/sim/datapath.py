@@ -46,7 +46,7 @@ from k8snet_sim.netfilter.context import (
 )
 from k8snet_sim.netfilter.hooks import Skb, new_context
 from k8snet_sim.sim.clock import CALL
-from k8snet_sim.sim.recorder import Hop
+from k8snet_sim.sim.recorder import TERMINAL_VERDICTS, Hop
 from k8snet_sim.sim.sockets import tcp_input, udp_input
 
 if TYPE_CHECKING:
@@ -80,23 +80,26 @@ REJECT_ICMP_CODES = {
 class Visit:
     """Bookkeeping of one packet's visit to one namespace: cost, and the hop when recording."""
 
-    __slots__ = ("hop", "rewrites_start")
+    __slots__ = ("hop", "lean", "rewrites_start")
 
     def __init__(self, sim: Simulation, ns: Namespace, pkt: Packet, verdict: str = "") -> None:
         self.hop: Hop | None = None
-        if sim.recorder is not None and sim.recorder.wants(pkt):
+        self.lean = False
+        recorder = sim.recorder
+        if recorder is not None and recorder.wants(pkt):
             self.hop = Hop(
                 t=sim.env.now,
                 node=ns.name,
                 action="",
                 packet="",
-                packet_in=str(pkt),
+                packet_in="" if recorder.lean else str(pkt),
                 label=pkt.label,
                 conn_id=pkt.conn_id,
                 direction=pkt.meta.get("dir", 0),
                 verdict=verdict,
             )
-            sim.recorder.add(self.hop)
+            recorder.add(self.hop)
+            self.lean = recorder.lean
 
     def done(self, skb: Skb | None, pkt: Packet, verdict: str, action: str) -> None:
         hop = self.hop
@@ -104,7 +107,8 @@ class Visit:
             return
         hop.verdict = verdict
         hop.action = action
-        hop.packet = str(pkt)
+        if not self.lean or verdict in TERMINAL_VERDICTS:
+            hop.packet = str(pkt)
         if skb is not None:
             hop.rules_walked = skb.ctx.rules_walked
             hop.map_lookups = skb.ctx.map_lookups
@@ -118,6 +122,7 @@ class Visit:
 # (its ``hop`` stays None forever).
 _NO_VISIT = Visit.__new__(Visit)
 _NO_VISIT.hop = None
+_NO_VISIT.lean = False
 
 
 def _visit(sim: Simulation, ns: Namespace, pkt: Packet, verdict: str = "") -> Visit:
@@ -147,7 +152,7 @@ def _skb(
         is_local=ns.is_local,
         in_iface=in_iface,
         out_iface=out_iface,
-        events=[],
+        events=None if visit.lean else [],
     )
     return Skb(pkt, ctx, conntrack=st.conntrack, addressing=ns, rewrites=[])
 
@@ -218,8 +223,10 @@ def receive(
             skb = _skb(sim, ns, pkt, visit, _PREROUTING, iface)
     else:
         skb.ctx.in_iface, skb.ctx.out_iface = iface, None
-        if visit.hop is not None and skb.ctx.events is None:
-            skb.ctx.events, skb.rewrites = [], []
+        if visit.hop is not None and skb.rewrites is None:
+            skb.rewrites = []
+            if not visit.lean:
+                skb.ctx.events = []
     stack = ns.stack
     result = stack.run(_PREROUTING, skb) if stack.hooked else ACCEPTED
     if result is not ACCEPTED and result.verdict is not _ACCEPT:

@@ -48,11 +48,22 @@ class Hop:
         return d
 
 
-class Recorder:
-    """Collects hops of watched connections (or of all packets with ``everything=True``)."""
+# Verdicts that end a packet's journey (the hop after which it went no further).
+TERMINAL_VERDICTS = ("deliver", "stray", "drop", "reject", "no-route", "ttl", "refused")
 
-    def __init__(self, *, everything: bool = False) -> None:
+
+class Recorder:
+    """Collects hops of watched connections (or of all packets with ``everything=True``).
+
+    A ``lean`` recorder keeps what a verdict is decided from — every hop's node, verdict,
+    action, rewrites and counts, and the packet where it ended (``TERMINAL_VERDICTS``) — but
+    not the rules each packet matched nor the packets of intermediate hops: exploring every
+    branch of a reachability cell needs the verdicts, not the story of each branch.
+    """
+
+    def __init__(self, *, everything: bool = False, lean: bool = False) -> None:
         self.everything = everything
+        self.lean = lean
         self.conn_ids: set[int] = set()
         self.hops: list[Hop] = []
         self.links: dict[int, int] = {}  # child connection → parent (proxies)
