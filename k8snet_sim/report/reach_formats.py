@@ -235,12 +235,27 @@ def write_csv(result: ReachResult, stream: IO[str], *, jobs: int = 1) -> None:
                 del children[pid]
                 if status != 0:
                     raise RuntimeError(f"CSV worker {pid} failed (wait status {status})")
-                with open(path, encoding="utf-8") as fh:
-                    shutil.copyfileobj(fh, stream, 1 << 20)
+                _append(path, stream)
         finally:
             for pid in children:  # only after a failure: stop our own workers, then reap them
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
+
+
+def _append(path: str, stream: IO[str]) -> None:
+    """Copy a worker's UTF-8 output to ``stream``: as bytes when the stream is a text file
+    over a binary one (no decoding and re-encoding of hundreds of megabytes)."""
+    raw = getattr(stream, "buffer", None)
+    if (
+        raw is not None
+        and (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+    ):
+        stream.flush()
+        with open(path, "rb") as fh:
+            shutil.copyfileobj(fh, raw, 1 << 20)
+        return
+    with open(path, encoding="utf-8") as fh:
+        shutil.copyfileobj(fh, stream, 1 << 20)
 
 
 def _write_rows(result: ReachResult, indices: range, stream: IO[str]) -> None:
