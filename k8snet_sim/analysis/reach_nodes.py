@@ -111,13 +111,6 @@ class NodeSymmetry:
         out["ns"] = f"node/{node}"
         return out
 
-    def relabel_map(self, old: str | None, new: str | None) -> dict[str, str]:
-        """Text replacements that turn an answer computed on node ``old`` into ``new``'s."""
-        if old == new or old is None or new is None:
-            return {}
-        a, b = self.tokens(old), self.tokens(new)
-        return {a[r]: b[r] for r in a if r in b and a[r] != b[r]}
-
     def _rel(self, i: int, value: Any) -> Any:
         """A value as node ``i`` sees it: its own identifiers as roles, other nodes' as peers.
         Addresses are integers; a prefix is ``("cidr", network, length)`` and is a node's
