@@ -204,7 +204,7 @@ def test_sharing_across_nodes_saves_computations(
 ) -> None:
     sim = _load(tmp_path, "iptables")
     across = len(reach(sim).computations)
-    monkeypatch.setattr(reach_module, "_nodes_interchangeable_for", lambda _w, _t: False)
+    monkeypatch.setattr(reach_module, "nodes_interchangeable_for", lambda _w, _t: False)
     per_node = len(reach(sim).computations)
     assert across < 0.7 * per_node, (across, per_node)
 
@@ -267,7 +267,7 @@ def test_not_across_nodes_where_the_path_picks_a_node() -> None:
         assert targets
         for ref in targets:
             column = reach_module._column(sim, ref)
-            assert not reach_module._nodes_interchangeable_for(sim.world, column.target)
+            assert not reach_module.nodes_interchangeable_for(sim.world, column.target)
 
 
 # ---------------------------------------------------------------------------- the premise

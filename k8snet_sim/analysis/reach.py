@@ -48,6 +48,7 @@ from k8snet_sim.analysis.reach_model import (
     substitute_row,
 )
 from k8snet_sim.analysis.reach_nodes import NodeSymmetry, pod_addresses_by_node
+from k8snet_sim.analysis.reach_plan import mirror_column, node_places, nodes_interchangeable_for
 from k8snet_sim.analysis.targets import Target, resolve_source, resolve_target
 from k8snet_sim.analysis.trace import possible_endpoints, trace
 from k8snet_sim.errors import UnknownEndpoint
@@ -342,7 +343,7 @@ def _reach(
     # Across nodes (reach_nodes): off for the brute force, and with samples, whose hops carry
     # values (VXLAN source ports) that a relabelling would not fix.
     symmetry = NodeSymmetry(world, classes) if share and not samples else None
-    across = _across_nodes_keys(world, members, symmetry, numbering)
+    across = node_places(world, members, symmetry, numbering)
     pods_at = pod_addresses_by_node(world) if symmetry is not None else {}
     mirrors: dict[Any, tuple[int, str]] = {}
     swaps: dict[int, tuple[int, str, str, dict[int, int]]] = {}
@@ -351,7 +352,7 @@ def _reach(
         row = []
         addresses = target_addresses(world, column.target, classes)
         if symmetry is not None:
-            swap = _mirror(symmetry, column, t, addresses, pods_at, across, mirrors, members)
+            swap = mirror_column(symmetry, column, t, addresses, pods_at, across, mirrors, members)
             if swap is not None:
                 t0, _, _, sigma = swap
                 table.append([table[t0][sigma.get(m, m)] for m in range(len(members))])
@@ -359,7 +360,7 @@ def _reach(
                 continue
         involved: set[str] | None = None
         classes_at: dict[str, int] = {}
-        if symmetry is not None and _nodes_interchangeable_for(world, column.target):
+        if symmetry is not None and nodes_interchangeable_for(world, column.target):
             involved = symmetry.involved(addresses, pods_at)
         for m, src in enumerate(members):
             key: Any = m
@@ -400,83 +401,6 @@ def _reach(
     )
     result.rows = _group_rows(result, expand_pods)
     return result
-
-
-def _nodes_interchangeable_for(world: Any, target: Target) -> bool:
-    """Whether sources on different nodes may share answers for ``target`` at all: not when
-    the path itself picks among nodes (an Ingress controller, a cloud load balancer device
-    spreading over every node's NodePort)."""
-    if target.kind == "http":
-        return False
-    return not any(
-        ns.kind == "lb" and target.ip in ns.local_addresses for ns in world.namespaces.values()
-    )
-
-
-def _mirror(
-    symmetry: NodeSymmetry,
-    column: TargetColumn,
-    t: int,
-    addresses: set[int],
-    pods_at: dict[int, str],
-    across: list[tuple[str, int] | None],
-    mirrors: dict[Any, tuple[int, str]],
-    members: list[Source],
-) -> tuple[int, str, str, dict[int, int]] | None:
-    """A NodePort on node Y mirrors the same Service's NodePort on an earlier node X when X
-    and Y are interchangeable with respect to the nodes the Service involves: swapping X and
-    Y maps the world onto itself and one target onto the other, so the cell of a member on
-    Y is the cell of its counterpart on X (same shape as seen from its node) with X and Y
-    swapped, and every other member's is its own cell for X's NodePort, likewise swapped.
-    Returns (X's column, X, Y, member -> counterpart) or None (compute the column)."""
-    target = column.target
-    y = target.node
-    if (
-        not symmetry.enabled
-        or target.kind != "nodeport"
-        or y is None
-        or y not in symmetry.nodes
-        or target.service is None
-    ):
-        return None
-    involved = symmetry.involved(addresses - {target.ip}, pods_at)
-    if y in involved:
-        return None
-    key = (target.service.key, target.port, target.proto, symmetry.node_class(y, involved))
-    first = mirrors.setdefault(key, (t, y))
-    if first[0] == t:
-        return None
-    t0, x = first
-    places: dict[tuple[str, int], int] = {}
-    for m, place in enumerate(across):
-        if place is not None and place[0] in (x, y):
-            places.setdefault(place, m)
-    sigma: dict[int, int] = {}
-    for m, place in enumerate(across):
-        if place is None or place[0] not in (x, y):
-            continue
-        other = places.get((y if place[0] == x else x, place[1]))
-        if other is None or members[other].kind != members[m].kind:
-            return None  # no counterpart on the other node: compute this column
-        sigma[m] = other
-    return t0, x, y, sigma
-
-
-def _across_nodes_keys(
-    world: Any, members: list[Source], symmetry: NodeSymmetry | None, numbering: dict[Any, int]
-) -> list[tuple[str, int] | None]:
-    """Per member: (its node, the number of its shape as seen from that node), when it sends
-    from a node's namespace or a pod's; None for outside hosts and routers."""
-    out: list[tuple[str, int] | None] = []
-    for src in members:
-        ns = world.namespaces[src.ns]
-        node = ns.labels.get("node")
-        if symmetry is None or not symmetry.enabled or node not in symmetry.nodes:
-            out.append(None)
-            continue
-        shape = symmetry.pod_class(src.ns) if ns.kind == "pod" else ("node-ns", src.kind)
-        out.append((node, numbering.setdefault(shape, len(numbering))))
-    return out
 
 
 def _group_rows(result: ReachResult, expand: bool) -> list[SourceRow]:
