@@ -94,6 +94,14 @@ class NodeSymmetry:
                 self.podnets.setdefault((cidr.network, cidr.prefix), i)
         self._podnet_of = {i: key for key, i in self.podnets.items()}
         self._owned_ns = self._owned_namespaces()
+        self._items_cache: dict[str, list[tuple[Any, ...]]] = {}
+        # ARP claims (MetalLB speakers): who answers for which address, on which segment.
+        self._claims: dict[str, list[tuple[Any, ...]]] = {}
+        self._claimers: dict[int, set[str]] = {}
+        for seg in world.segments.values():
+            for address, (host, _) in seg.claims.items():
+                self._claims.setdefault(host, []).append(("claim", seg.name, address))
+                self._claimers.setdefault(address, set()).add(host)
         self.transit = self._transit_nodes()
         self._views = self._others_views()
         self._base = [self._base_signature(i) for i in range(len(self.nodes))]
@@ -172,6 +180,12 @@ class NodeSymmetry:
 
     def _ns_items(self, ns: Any) -> list[tuple[Any, ...]]:
         """The configuration of a namespace as raw items (addresses still as integers)."""
+        cached = self._items_cache.get(ns.name)
+        if cached is None:
+            cached = self._items_cache[ns.name] = self._describe(ns)
+        return cached
+
+    def _describe(self, ns: Any) -> list[tuple[Any, ...]]:
         world = self.world
         items: list[tuple[Any, ...]] = [
             ("ns", ns.kind, ns.ip_forward, ns.martian_check, ns.conntrack_max, ns.cores),
@@ -239,13 +253,7 @@ class NodeSymmetry:
         views: list[list[tuple[str, tuple[Any, ...]]]] = [[] for _ in self.nodes]
         for name, ns in self.world.namespaces.items():
             owner = self._owned_ns.get(name)
-            raw = self._ns_items(ns)
-            for seg in self.world.segments.values():
-                if any(m[0] == name for m in seg.members):
-                    raw.extend(
-                        ("claim", seg.name, a) for a, (h, _) in seg._claims.items() if h == name
-                    )
-            for item in raw:
+            for item in (*self._ns_items(ns), *self._claims.get(name, ())):
                 for i in self._mentions(item):
                     if i != owner:
                         who = name if owner is None else f"node#{owner}"
@@ -339,11 +347,10 @@ class NodeSymmetry:
         transit nodes (:meth:`_transit_nodes`), which every target involves."""
         out = {self.nodes[self.owner[a]] for a in addresses if a in self.owner} | self.transit
         out |= {pods_at[a] for a in addresses if a in pods_at}
-        for seg in self.world.segments.values():
-            for a in addresses:
-                claim = seg._claims.get(a)
-                if claim is not None and claim[0].startswith("node/"):
-                    out.add(claim[0].removeprefix("node/"))
+        for a in addresses:
+            for host in self._claimers.get(a, ()):
+                if host.startswith("node/"):
+                    out.add(host.removeprefix("node/"))
         return out
 
     def pod_class(self, ns_name: str) -> Any:

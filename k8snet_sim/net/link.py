@@ -17,7 +17,9 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from k8snet_sim.net.addr import Cidr, ip_str
 
@@ -96,6 +98,11 @@ class Segment:
         speaker announcing a LoadBalancer IP, or proxy ARP)."""
         self._claims[address] = (host, iface)
         self.generation += 1
+
+    @property
+    def claims(self) -> Mapping[int, tuple[str, str]]:
+        """Address -> (host, interface) of every claim (read-only)."""
+        return MappingProxyType(self._claims)
 
     def resolve(self, address: int) -> tuple[str, str] | None:
         """ARP: which (host, interface) answers for ``address`` on this segment."""
