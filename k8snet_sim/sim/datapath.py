@@ -213,7 +213,27 @@ def receive(
                 f"martian source {ip_str(pkt.src)} (one of our own addresses) on {iface}",
             )
             return
-        if visit.hop is None:  # _skb's hot path, inlined
+        if visit.hop is None:
+            if not ns.stack.hooked:
+                dst = pkt.dst
+                if dst in ns.local_addresses or (dst >> 24) == 127:  # ns.is_local(dst)
+                    # A namespace without netfilter (a pod, a host) attaches nothing to a
+                    # packet it delivers: no conntrack entry, no rule walked. Skip building
+                    # the skb; _local_in with no hooks would only charge and deliver.
+                    _, delay = _charge(sim, ns, None, pkt)
+                    env = sim.env
+                    heappush(
+                        env._queue,
+                        (
+                            env._now + delay,
+                            CALL,
+                            next(env._eid),
+                            _deliver,
+                            (sim, ns, pkt, None, visit),
+                        ),
+                    )
+                    return
+            # _skb's hot path, inlined
             st = sim._states.get(ns.name) or sim.state(ns.name)
             ctx = PacketContext(
                 _PREROUTING, sim.env._now, sim.chooser, st.nf, ns.is_local, iface, None
@@ -301,12 +321,14 @@ def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
     if visit.hop is not None:
         visit.hop.cost_s = cost
     env = sim.env  # sim.later(delay, _deliver, …), inlined: once per local delivery
-    heappush(env._queue, (env._now + delay, CALL, next(env._eid), _deliver, (sim, ns, skb, visit)))
+    heappush(
+        env._queue, (env._now + delay, CALL, next(env._eid), _deliver, (sim, ns, pkt, skb, visit))
+    )
 
 
-def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
-    """Hand a packet that passed INPUT to the socket layer."""
-    pkt = skb.pkt
+def _deliver(sim: Simulation, ns: Namespace, pkt: Packet, skb: Skb | None, visit: Visit) -> None:
+    """Hand a packet that passed INPUT to the socket layer (``skb`` is None for a namespace
+    without netfilter: see :func:`receive`)."""
     sockets = (sim._states.get(ns.name) or sim.state(ns.name)).sockets  # sim.sockets_of
     if pkt.proto in (TCP, SCTP):
         note = tcp_input(sim, ns.name, sockets, pkt)
@@ -329,7 +351,7 @@ def _deliver(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
             _icmp_error(
                 sim,
                 ns,
-                skb,
+                skb if skb is not None else _skb(sim, ns, pkt, visit, _INPUT),
                 ICMP_DEST_UNREACH,
                 ICMP_PORT_UNREACH,
                 f"no listener on UDP {ip_str(pkt.dst)}:{pkt.dport}",
@@ -363,6 +385,27 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
         visit.done(None, pkt, "no-route", f"NO_ROUTE at {ns.name}: no route to {ip_str(pkt.dst)}")
         sim.socket_error(ns.name, pkt, f"no route to {ip_str(pkt.dst)} from {ns.name}")
         return False
+    if route is not None and visit.hop is None and not ns.stack.hooked:
+        # A namespace without netfilter (a pod, a host, a router) attaches nothing to what it
+        # sends: no hook runs, so no skb is built; _postrouting would only charge and queue.
+        # (_enqueue builds one if the packet fails to leave.)
+        _, delay = _charge(sim, ns, None, pkt)
+        next_hop = route.via if route.via is not None else dst
+        if delay > 0.0:  # sim.transmit, inlined
+            env = sim.env
+            heappush(
+                env._queue,
+                (
+                    env._now + delay,
+                    CALL,
+                    next(env._eid),
+                    sim._enqueue,
+                    (ns, route.dev, next_hop, pkt, None),
+                ),
+            )
+        else:
+            sim._enqueue(ns, route.dev, next_hop, pkt, None)
+        return True
     out_dev = route.dev if route is not None else "lo"
     if visit.hop is None:  # _skb's hot path, inlined
         st = sim._states.get(ns.name) or sim.state(ns.name)
@@ -543,6 +586,14 @@ def _tcp_reset(sim: Simulation, ns: Namespace, skb: Skb, reason: str) -> None:
         meta={"dir": 1 - pkt.meta.get("dir", 0), "cause": "reject", "reason": reason},
     )
     sim.later(0.0, local_out, sim, ns, rst, related=skb)
+
+
+def sent_skb(sim: Simulation, ns: Namespace, pkt: Packet, out_iface: str) -> Skb:
+    """The skb of a packet ``ns`` sent without building one (a namespace without netfilter
+    attaches nothing): built when a failure to send needs it."""
+    skb = _skb(sim, ns, pkt, _visit(sim, ns, pkt), _OUTPUT, out_iface=out_iface)
+    skb.local_origin = True
+    return skb
 
 
 def unreachable_neighbour(

@@ -330,12 +330,16 @@ class Simulation:
             if port.vxlan:
                 self._vxlan_encap(ns, iface_name, next_hop, pkt, 0.0)
             else:
+                if skb is None:  # sent from a namespace without netfilter (datapath.local_out)
+                    skb = datapath.sent_skb(self, ns, pkt, iface_name)
                 datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, iface_name)
             return
         neighbour = port.neighbours.get(next_hop) if port.generation == seg.generation else None
         if neighbour is None:
             neighbour = port.resolve(self.world, ns, next_hop)
             if neighbour is None:
+                if skb is None:  # sent from a namespace without netfilter (datapath.local_out)
+                    skb = datapath.sent_skb(self, ns, pkt, iface_name)
                 datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, seg.name)
                 return
         peer_ns, peer_iface, bridge_owner = neighbour
