@@ -92,6 +92,9 @@ class Packet:
     conn_id: int = 0
     label: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # A bulk flow's path probe (``sim.flows``) riding on the packet: told what every hop
+    # charges. An attribute rather than a ``meta`` key because every hop looks for it.
+    probe: Any = field(default=None, compare=False, repr=False)
 
     # Written out (the dataclass would call __post_init__ for the length): every packet a
     # socket sends is built here.
@@ -111,6 +114,7 @@ class Packet:
         conn_id: int = 0,
         label: str = "",
         meta: dict[str, Any] | None = None,
+        probe: Any = None,
     ) -> None:
         self.src = src
         self.dst = dst
@@ -126,6 +130,7 @@ class Packet:
         self.conn_id = conn_id
         self.label = label
         self.meta = {} if meta is None else meta
+        self.probe = probe
 
     def tuple(self) -> FiveTuple:
         return FiveTuple(self.proto, self.src, self.sport, self.dst, self.dport)
@@ -146,6 +151,7 @@ class Packet:
             self.conn_id,
             self.label,
             dict(self.meta),
+            self.probe,
         )
 
     def __str__(self) -> str:

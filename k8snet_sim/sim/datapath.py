@@ -187,7 +187,7 @@ def _charge(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet) -> tup
         delay = end - now
     else:
         delay = sim.charge(ns, cost)
-    probe = pkt.meta.get("probe")
+    probe = pkt.probe
     if probe is not None:
         probe.on_cpu(ns, cost, pkt.length * c.byte_cost)
     return cost, delay
@@ -214,25 +214,8 @@ def receive(
             )
             return
         if visit.hop is None:
-            if not ns.stack.hooked:
-                dst = pkt.dst
-                if dst in ns.local_addresses or (dst >> 24) == 127:  # ns.is_local(dst)
-                    # A namespace without netfilter (a pod, a host) attaches nothing to a
-                    # packet it delivers: no conntrack entry, no rule walked. Skip building
-                    # the skb; _local_in with no hooks would only charge and deliver.
-                    _, delay = _charge(sim, ns, None, pkt)
-                    env = sim.env
-                    heappush(
-                        env._queue,
-                        (
-                            env._now + delay,
-                            CALL,
-                            next(env._eid),
-                            _deliver,
-                            (sim, ns, pkt, None, visit),
-                        ),
-                    )
-                    return
+            if not ns.stack.hooked and _receive_plain(sim, ns, iface, pkt):
+                return
             # _skb's hot path, inlined
             st = sim._states.get(ns.name) or sim.state(ns.name)
             ctx = PacketContext(
@@ -295,6 +278,49 @@ def receive(
         route,
         f"forward {skb.ctx.in_iface} → {route}" if visit.hop is not None else "",
     )
+
+
+def _receive_plain(sim: Simulation, ns: Namespace, iface: str, pkt: Packet) -> bool:
+    """The common case of :func:`receive` in a namespace without netfilter (a pod, a host, a
+    router) when nothing is recorded: deliver locally, or forward along a unicast route.
+
+    Nothing in such a namespace attaches anything to a packet (no conntrack entry, no rule
+    walked, the same CPU cost), so no skb is built; :meth:`Simulation._enqueue` builds one if
+    the packet then cannot leave. Returns False, having changed nothing, for everything else
+    (TTL running out, no route, forwarding off): :func:`receive` answers those in full.
+    """
+    dst = pkt.dst
+    if dst in ns.local_addresses or (dst >> 24) == 127:  # ns.is_local(dst), inlined
+        _, delay = _charge(sim, ns, None, pkt)
+        env = sim.env  # sim.later(delay, _deliver, …), inlined
+        heappush(
+            env._queue,
+            (env._now + delay, CALL, next(env._eid), _deliver, (sim, ns, pkt, None, _NO_VISIT)),
+        )
+        return True
+    if not ns.ip_forward or pkt.ttl <= 1:
+        return False
+    route = ns.routes.lookup(dst)
+    if route is None or route.kind != "unicast":
+        return False
+    pkt.ttl -= 1
+    _, delay = _charge(sim, ns, None, pkt)
+    next_hop = route.via if route.via is not None else dst
+    if delay > 0.0:  # sim.transmit(…, delay), inlined
+        env = sim.env
+        heappush(
+            env._queue,
+            (
+                env._now + delay,
+                CALL,
+                next(env._eid),
+                sim._enqueue,
+                (ns, route.dev, next_hop, pkt, None, iface),
+            ),
+        )
+    else:
+        sim._enqueue(ns, route.dev, next_hop, pkt, None, iface)
+    return True
 
 
 def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
@@ -588,11 +614,18 @@ def _tcp_reset(sim: Simulation, ns: Namespace, skb: Skb, reason: str) -> None:
     sim.later(0.0, local_out, sim, ns, rst, related=skb)
 
 
-def sent_skb(sim: Simulation, ns: Namespace, pkt: Packet, out_iface: str) -> Skb:
-    """The skb of a packet ``ns`` sent without building one (a namespace without netfilter
-    attaches nothing): built when a failure to send needs it."""
-    skb = _skb(sim, ns, pkt, _visit(sim, ns, pkt), _OUTPUT, out_iface=out_iface)
-    skb.local_origin = True
+def plain_skb(
+    sim: Simulation, ns: Namespace, pkt: Packet, out_iface: str, in_iface: str | None
+) -> Skb:
+    """The skb :func:`local_out` (``in_iface`` None) or :func:`receive` (a forwarded packet)
+    would have built for ``pkt`` in a namespace without netfilter: built only when a failure
+    to send needs one (the ICMP error's source address, the sending socket)."""
+    visit = _visit(sim, ns, pkt)
+    if in_iface is None:
+        skb = _skb(sim, ns, pkt, visit, _OUTPUT, out_iface=out_iface)
+        skb.local_origin = True
+    else:
+        skb = _skb(sim, ns, pkt, visit, _PREROUTING, in_iface=in_iface, out_iface=out_iface)
     return skb
 
 

@@ -320,8 +320,17 @@ class Simulation:
             self._enqueue(ns, iface_name, next_hop, pkt, skb)
 
     def _enqueue(
-        self, ns: Namespace, iface_name: str, next_hop: int, pkt: Packet, skb: Skb | None
+        self,
+        ns: Namespace,
+        iface_name: str,
+        next_hop: int,
+        pkt: Packet,
+        skb: Skb | None,
+        in_iface: str | None = None,
     ) -> None:
+        """Put ``pkt`` in the egress queue of ``iface_name`` toward ``next_hop``. ``skb`` is
+        None for a packet of a namespace without netfilter, which did not build one:
+        ``in_iface`` then says where a forwarded packet came in (None: sent from here)."""
         port = self._ports.get((ns, iface_name))
         if port is None:
             port = self._ports[(ns, iface_name)] = _Port(self.world, ns, iface_name)
@@ -330,16 +339,16 @@ class Simulation:
             if port.vxlan:
                 self._vxlan_encap(ns, iface_name, next_hop, pkt, 0.0)
             else:
-                if skb is None:  # sent from a namespace without netfilter (datapath.local_out)
-                    skb = datapath.sent_skb(self, ns, pkt, iface_name)
+                if skb is None:
+                    skb = datapath.plain_skb(self, ns, pkt, iface_name, in_iface)
                 datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, iface_name)
             return
         neighbour = port.neighbours.get(next_hop) if port.generation == seg.generation else None
         if neighbour is None:
             neighbour = port.resolve(self.world, ns, next_hop)
             if neighbour is None:
-                if skb is None:  # sent from a namespace without netfilter (datapath.local_out)
-                    skb = datapath.sent_skb(self, ns, pkt, iface_name)
+                if skb is None:
+                    skb = datapath.plain_skb(self, ns, pkt, iface_name, in_iface)
                 datapath.unreachable_neighbour(self, ns, skb, pkt, next_hop, seg.name)
                 return
         peer_ns, peer_iface, bridge_owner = neighbour
@@ -360,13 +369,15 @@ class Simulation:
             # last one is ``free_at``), which the loop below would find one by one.
             if backlog:
                 backlog.clear()
-                queue.frames = 0
+            queued = 0
         else:
+            queued = queue.frames
             while backlog and backlog[0][0] <= now:
-                queue.frames -= backlog.popleft()[1]
+                queued -= backlog.popleft()[1]
         length = pkt.length
         frames = 1 if length <= FRAME_MTU else frames_of(pkt)
-        if queue.frames and queue.frames + frames > seg.buffer_packets:
+        if queued and queued + frames > seg.buffer_packets:
+            queue.frames = queued
             queue.drops += 1
             self.count(ns, "tx-queue-drop")
             return
@@ -383,11 +394,11 @@ class Simulation:
         depart = start + serialization
         queue.free_at = depart
         backlog.append((depart, frames))
-        queue.frames += frames
+        queue.frames = queued + frames
         queue.bytes += length
         queue.packets += 1
         queue.busy_s += serialization
-        probe = pkt.meta.get("probe")
+        probe = pkt.probe
         if probe is not None:
             probe.on_link(queue, wire_length + ETHERNET_OVERHEAD_BYTES)
         env = self.env  # Clock.call_later, inlined (once per packet event)
@@ -433,6 +444,7 @@ class Simulation:
             conn_id=inner.conn_id,
             label=f"VXLAN({inner.label})",
             meta=dict(inner.meta),
+            probe=inner.probe,
         )
         self.later(delay, datapath.local_out, self, ns, outer)
 

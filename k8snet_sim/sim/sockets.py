@@ -83,11 +83,10 @@ class Endpoint:
     def packet(self, flags: str = "", message: Message | None = None, label: str = "") -> Packet:
         size = message.size if message is not None else 0
         meta: dict[str, Any] = {"dir": 0 if self.role == "client" else 1}
-        if message is not None and "probe" in message.data:
-            meta["probe"] = message.data["probe"]
+        probe = message.data.get("probe") if message is not None else None
         proto, local, remote = self.proto, self.local, self.remote
         # Positional (src, dst, proto, sport, dport, flags, length, ttl, icmp, payload, mark,
-        # conn_id, label, meta): one packet per message or handshake segment.
+        # conn_id, label, meta, probe): one packet per message or handshake segment.
         return Packet(
             local[0],
             remote[0],
@@ -103,6 +102,7 @@ class Endpoint:
             self.conn_id,
             label or flags,
             meta,
+            probe,
         )
 
     def describe(self) -> str:
@@ -281,7 +281,7 @@ def tcp_segment(sim: Simulation, ep: Endpoint, pkt: Packet) -> str:
         on_ack = getattr(ep.app, "on_ack", None)
         if on_ack is not None:
             on_ack(sim, ep, pkt.meta["ack"])
-        probe = pkt.meta.get("probe")
+        probe = pkt.probe
         if probe is not None:
             probe.on_acked()
         note = "ACK of data"
@@ -310,7 +310,7 @@ def _ack_data(sim: Simulation, ep: Endpoint, message: Message) -> None:
     probe = message.data.get("probe")
     if probe is not None:
         probe.on_receive(ep.ns)
-        ack.meta["probe"] = probe
+        ack.probe = probe
     sim.send(ep.ns, ack)
 
 
