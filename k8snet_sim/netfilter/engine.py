@@ -310,6 +310,8 @@ class TableEngine:
         self._chains = compiled
         # The builtin chain each hook enters (a Hook is a str enum: it finds its chain by name).
         self._starts = {name: cc for name, cc in compiled.items() if cc.builtin}
+        # The walk memo of each hook's builtin chain (None: none, or not memoisable).
+        self.memos = {hook: getattr(self._starts.get(hook), "memo", None) for hook in Hook}
 
     def index_summary(self) -> dict[str, str]:
         """The indexed chains and their key (``dst`` or ``dport``), for tests and reports."""

@@ -367,10 +367,20 @@ class IptablesRuleset:
                 and cached[1] == tab._epoch.n
                 and cached[2] == self.indexed
             ):
-                return cached[3].run(hook, skb.pkt, skb.ctx)
-            compiled = self.engine(table)
-            if compiled is None:
-                return ACCEPTED
+                compiled = cached[3]
+                # TableEngine.run's memo hit, inlined: most packets through a node are
+                # ESTABLISHED ones whose filter walk is known (see engine.WalkMemo).
+                memo = compiled.memos[hook]
+                ctx = skb.ctx
+                if memo is not None and ctx.events is None:
+                    known = memo.results.get(memo.key(skb.pkt, ctx))
+                    if known is not None:
+                        ctx.rules_walked += known[1]
+                        return known[0]
+            else:
+                compiled = self.engine(table)
+                if compiled is None:
+                    return ACCEPTED
             return compiled.run(hook, skb.pkt, skb.ctx)
 
         return run

@@ -138,7 +138,7 @@ def _skb(
     in_iface: str | None = None,
     out_iface: str | None = None,
 ) -> Skb:
-    st = sim._states.get(ns.name) or sim.state(ns.name)
+    st = sim._states[ns.name]
     if visit.hop is None:  # the hot path: positional arguments, no trace lists
         ctx = PacketContext(
             hook, sim.env._now, sim.chooser, st.nf, ns.is_local, in_iface, out_iface
@@ -176,7 +176,7 @@ def _charge(sim: Simulation, ns: Namespace, skb: Skb | None, pkt: Packet) -> tup
     # sim.charge(ns, cost), inlined for the kernel once the owner's cores exist (every packet
     # event comes here): the least busy core takes the work.
     owner = ns.cpu_owner
-    st = sim._states.get(owner) or sim.state(owner)
+    st = sim._states[owner]
     cores = st.cpu_free_at
     if cores:
         now = sim.env._now
@@ -217,7 +217,7 @@ def receive(
             if not ns.stack.hooked and _receive_plain(sim, ns, iface, pkt):
                 return
             # _skb's hot path, inlined
-            st = sim._states.get(ns.name) or sim.state(ns.name)
+            st = sim._states[ns.name]
             ctx = PacketContext(
                 _PREROUTING, sim.env._now, sim.chooser, st.nf, ns.is_local, iface, None
             )
@@ -355,7 +355,7 @@ def _local_in(sim: Simulation, ns: Namespace, skb: Skb, visit: Visit) -> None:
 def _deliver(sim: Simulation, ns: Namespace, pkt: Packet, skb: Skb | None, visit: Visit) -> None:
     """Hand a packet that passed INPUT to the socket layer (``skb`` is None for a namespace
     without netfilter: see :func:`receive`)."""
-    sockets = (sim._states.get(ns.name) or sim.state(ns.name)).sockets  # sim.sockets_of
+    sockets = sim._states[ns.name].sockets  # sim.sockets_of
     if pkt.proto in (TCP, SCTP):
         note = tcp_input(sim, ns.name, sockets, pkt)
         if visit.hop is not None:
@@ -434,7 +434,7 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
         return True
     out_dev = route.dev if route is not None else "lo"
     if visit.hop is None:  # _skb's hot path, inlined
-        st = sim._states.get(ns.name) or sim.state(ns.name)
+        st = sim._states[ns.name]
         ctx = PacketContext(_OUTPUT, sim.env._now, sim.chooser, st.nf, ns.is_local, None, out_dev)
         skb = Skb(pkt, ctx, st.conntrack, ns)
     else:

@@ -76,6 +76,26 @@ class TxQueue:
         self.drops = 0  # tail drops: the buffer was full
 
 
+class _States(dict[str, NsState]):
+    """The dynamic state of each namespace by name, made when first asked for with
+    ``states[name]``; ``get`` and ``in`` never make one.
+
+    >>> states = _States(lambda name: NsState(conntrack=ConntrackTable(8)))
+    >>> "pod/a" in states, states["pod/a"].counters, "pod/a" in states
+    (False, {}, True)
+    """
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[str], NsState]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, name: str) -> NsState:
+        st = self[name] = self._make(name)
+        return st
+
+
 class _Port:
     """What sending on one interface of one namespace needs, looked up once per simulation:
     its segment, its egress queue (created when first used, as :meth:`Simulation.tx_queue`
@@ -150,7 +170,7 @@ class Simulation:
         self.chooser: Chooser = chooser or SeededChooser(self.rng)
         self.costs = costs or world.costs
         self.recorder: Recorder | None = None
-        self._states: dict[str, NsState] = {}
+        self._states = _States(self._new_state)
         self._conn_seq = 0
         self.tx_queues: dict[tuple[str, str], TxQueue] = {}
         self._ports: dict[tuple[Namespace, str], _Port] = {}
@@ -173,10 +193,7 @@ class Simulation:
         return self.world.namespaces[name]
 
     def state(self, name: str) -> NsState:
-        st = self._states.get(name)
-        if st is None:
-            st = self._states[name] = self._new_state(name)
-        return st
+        return self._states[name]
 
     def peek_state(self, name: str) -> NsState | None:
         """The namespace's dynamic state if the run has touched it (never creates it)."""
@@ -221,7 +238,7 @@ class Simulation:
         child._conn_seq = self._conn_seq
         # Namespaces this run has touched are copied now; untouched ones start fresh in the
         # child exactly as they would here.
-        child._states = {name: self._copy_state(st) for name, st in self._states.items()}
+        child._states.update((name, self._copy_state(st)) for name, st in self._states.items())
         if chooser is None:
             child.chooser = SeededChooser(child.rng)
         return child
@@ -262,7 +279,7 @@ class Simulation:
         (``kernel`` for packet processing, ``kube-proxy``, ``ingress``, ``app``) for the
         per-process CPU account."""
         owner_name = ns.cpu_owner
-        st = self._states.get(owner_name) or self.state(owner_name)
+        st = self._states[owner_name]
         cores = st.cpu_free_at
         if not cores:
             owner = self.world.namespaces.get(owner_name, ns)
