@@ -121,6 +121,11 @@ def timeout_for(ct: ConntrackEntry) -> float:
 
 def tcp_advance(ct: ConntrackEntry, direction: int, flags: str, now: float) -> None:
     """Move a TCP entry's state on a packet's flags (a condensed nf_conntrack_proto_tcp)."""
+    if ct.state == "ESTABLISHED" and (flags == "A" or flags == "PA"):
+        # Data and ACKs of an established connection, most of what conntrack sees: the state
+        # stays, the timeout restarts (what the branches below do for them).
+        ct.expires = now + TCP_TIMEOUTS["ESTABLISHED"]
+        return
     if "R" in flags:
         ct.state = "CLOSE"
     elif "S" in flags and "A" in flags and direction == REPLY:
