@@ -11,33 +11,20 @@ from typing import Any
 import pytest
 
 from k8snet_sim.net.addr import ip
-from k8snet_sim.net.link import Interface, Segment
 from k8snet_sim.net.packet import TCP
 from k8snet_sim.sim import datapath
-from k8snet_sim.sim.apps import PodServer
 from k8snet_sim.sim.clients import RequestClient, connect
-from k8snet_sim.sim.namespace import Namespace
 from k8snet_sim.sim.recorder import Recorder
 from k8snet_sim.sim.simulation import Simulation
-from k8snet_sim.sim.sockets import Listener, Message
+from k8snet_sim.sim.sockets import Message
 from k8snet_sim.sim.world import World
-from tests.worlds import host
+from tests.worlds import office_world
 
 
 def _plain_world() -> World:
-    """laptop (172.16.0.50) — router (172.16.0.1 | 10.0.0.1) — server (10.0.0.20:80); no
-    namespace has a netfilter hook. Nobody owns 10.0.0.77 or 172.16.0.77."""
-    w = World()
-    w.add_segment(Segment("office"))
-    w.add_segment(Segment("lan"))
-    host(w, "host/laptop", "172.16.0.50", 24, "office", "172.16.0.1")
-    r = w.add_namespace(Namespace("router/core", kind="router", ip_forward=True))
-    r.add_interface(Interface("eth0", [(ip("172.16.0.1"), 24)]))
-    r.add_interface(Interface("eth1", [(ip("10.0.0.1"), 24)]))
-    w.connect(r, "eth0", "office")
-    w.connect(r, "eth1", "lan")
-    host(w, "host/server", "10.0.0.20", 24, "lan", "10.0.0.1")
-    w.listen("host/server", Listener(TCP, 80, PodServer("server"), name="server:80"))
+    """laptop — router — server, with no netfilter hook anywhere. Nobody owns 10.0.0.77 or
+    172.16.0.77."""
+    w = office_world(netfilter=False)
     assert all(ns.stack.empty for ns in w.namespaces.values())
     return w
 

@@ -45,9 +45,11 @@ def office_world(
     router_routes: bool = True,
     dnat_at_router: NatFn | None = None,
     snat_at_router: NatFn | None = None,
+    netfilter: bool = True,
 ) -> World:
     """laptop (172.16.0.50) — router (172.16.0.1 | 10.0.0.1) — server (10.0.0.20:80),
-    plus server2 (10.0.0.21:80) on the same LAN."""
+    plus server2 (10.0.0.21:80) on the same LAN. ``netfilter=False``: no namespace has a
+    hook (no conntrack, no NAT)."""
     w = World()
     w.add_segment(Segment("office"))
     w.add_segment(Segment("lan"))
@@ -64,9 +66,10 @@ def office_world(
         nat[Hook.PREROUTING] = (PRI_NAT_DST, "test nat", dnat_at_router)
     if snat_at_router:
         nat[Hook.POSTROUTING] = (PRI_NAT_SRC, "test nat", snat_at_router)
-    install_conntrack(r.stack, nat)
-    for name in ("host/laptop", "host/server", "host/server2"):
-        install_conntrack(w.namespaces[name].stack)
+    if netfilter:
+        install_conntrack(r.stack, nat)
+        for name in ("host/laptop", "host/server", "host/server2"):
+            install_conntrack(w.namespaces[name].stack)
     w.listen("host/server", Listener(6, 80, PodServer("server"), name="server:80", pod="t/server"))
     w.listen(
         "host/server2", Listener(6, 80, PodServer("server2"), name="server2:80", pod="t/server2")

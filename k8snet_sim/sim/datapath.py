@@ -306,20 +306,7 @@ def _receive_plain(sim: Simulation, ns: Namespace, iface: str, pkt: Packet) -> b
     pkt.ttl -= 1
     _, delay = _charge(sim, ns, None, pkt)
     next_hop = route.via if route.via is not None else dst
-    if delay > 0.0:  # sim.transmit(…, delay), inlined
-        env = sim.env
-        heappush(
-            env._queue,
-            (
-                env._now + delay,
-                CALL,
-                next(env._eid),
-                sim._enqueue,
-                (ns, route.dev, next_hop, pkt, None, iface),
-            ),
-        )
-    else:
-        sim._enqueue(ns, route.dev, next_hop, pkt, None, iface)
+    sim.transmit(ns, route.dev, next_hop, pkt, delay, None, iface)
     return True
 
 
@@ -417,20 +404,7 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
         # (_enqueue builds one if the packet fails to leave.)
         _, delay = _charge(sim, ns, None, pkt)
         next_hop = route.via if route.via is not None else dst
-        if delay > 0.0:  # sim.transmit, inlined
-            env = sim.env
-            heappush(
-                env._queue,
-                (
-                    env._now + delay,
-                    CALL,
-                    next(env._eid),
-                    sim._enqueue,
-                    (ns, route.dev, next_hop, pkt, None),
-                ),
-            )
-        else:
-            sim._enqueue(ns, route.dev, next_hop, pkt, None)
+        sim.transmit(ns, route.dev, next_hop, pkt, delay)
         return True
     out_dev = route.dev if route is not None else "lo"
     if visit.hop is None:  # _skb's hot path, inlined
@@ -485,20 +459,7 @@ def _postrouting(
     if visit.hop is not None:
         visit.done(skb, pkt, "send" if skb.local_origin else "forward", action)
         visit.hop.cost_s = cost
-    if delay > 0.0:  # sim.transmit, inlined: join the egress queue once the CPU work is done
-        env = sim.env
-        heappush(
-            env._queue,
-            (
-                env._now + delay,
-                CALL,
-                next(env._eid),
-                sim._enqueue,
-                (ns, route.dev, next_hop, pkt, skb),
-            ),
-        )
-    else:
-        sim._enqueue(ns, route.dev, next_hop, pkt, skb)
+    sim.transmit(ns, route.dev, next_hop, pkt, delay, skb)
 
 
 # ----------------------------------------------------------------------------- bridge

@@ -316,11 +316,12 @@ class Simulation:
         pkt: Packet,
         delay: float = 0.0,
         skb: Skb | None = None,
+        in_iface: str | None = None,
     ) -> None:
         """Put ``pkt`` on the wire of ``iface_name`` toward ``next_hop`` once the CPU work of
         ``delay`` seconds is done: a packet joins the egress queue when its processing ends,
         so a first packet walking thousands of rules does not hold up packets other cores
-        finish earlier."""
+        finish earlier. ``skb`` and ``in_iface`` are as for :meth:`_enqueue`."""
         if delay > 0.0:
             env = self.env  # Clock.call_later, inlined (once per packet event)
             heappush(
@@ -330,11 +331,11 @@ class Simulation:
                     CALL,
                     next(env._eid),
                     self._enqueue,
-                    (ns, iface_name, next_hop, pkt, skb),
+                    (ns, iface_name, next_hop, pkt, skb, in_iface),
                 ),
             )
         else:
-            self._enqueue(ns, iface_name, next_hop, pkt, skb)
+            self._enqueue(ns, iface_name, next_hop, pkt, skb, in_iface)
 
     def _enqueue(
         self,
