@@ -377,11 +377,11 @@ class IptablesRuleset:
                     if known is not None:
                         ctx.rules_walked += known[1]
                         return known[0]
-            else:
-                compiled = self.engine(table)
-                if compiled is None:
-                    return ACCEPTED
-            return compiled.run(hook, skb.pkt, skb.ctx)
+                return compiled.run(hook, skb.pkt, ctx)
+            rebuilt = self.engine(table)
+            if rebuilt is None:
+                return ACCEPTED
+            return rebuilt.run(hook, skb.pkt, skb.ctx)
 
         return run
 
