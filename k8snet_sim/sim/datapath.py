@@ -398,7 +398,7 @@ def local_out(sim: Simulation, ns: Namespace, pkt: Packet, *, related: Skb | Non
         visit.done(None, pkt, "no-route", f"NO_ROUTE at {ns.name}: no route to {ip_str(pkt.dst)}")
         sim.socket_error(ns.name, pkt, f"no route to {ip_str(pkt.dst)} from {ns.name}")
         return False
-    if route is not None and visit.hop is None and not ns.stack.hooked:
+    if route is not None and visit.hop is None and not ns.stack.hooked and related is None:
         # A namespace without netfilter (a pod, a host, a router) attaches nothing to what it
         # sends: no hook runs, so no skb is built; _postrouting would only charge and queue.
         # (_enqueue builds one if the packet fails to leave.)
@@ -581,12 +581,13 @@ def plain_skb(
     """The skb :func:`local_out` (``in_iface`` None) or :func:`receive` (a forwarded packet)
     would have built for ``pkt`` in a namespace without netfilter: built only when a failure
     to send needs one (the ICMP error's source address, the sending socket)."""
-    visit = _visit(sim, ns, pkt)
+    # The skb the hot path would have built: no hop of its own (unreachable_neighbour records
+    # the failure), even if a recorder started watching the packet since.
     if in_iface is None:
-        skb = _skb(sim, ns, pkt, visit, _OUTPUT, out_iface=out_iface)
+        skb = _skb(sim, ns, pkt, _NO_VISIT, _OUTPUT, out_iface=out_iface)
         skb.local_origin = True
     else:
-        skb = _skb(sim, ns, pkt, visit, _PREROUTING, in_iface=in_iface, out_iface=out_iface)
+        skb = _skb(sim, ns, pkt, _NO_VISIT, _PREROUTING, in_iface=in_iface, out_iface=out_iface)
     return skb
 
 
