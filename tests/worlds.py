@@ -50,6 +50,7 @@ def office_world(
     """laptop (172.16.0.50) — router (172.16.0.1 | 10.0.0.1) — server (10.0.0.20:80),
     plus server2 (10.0.0.21:80) on the same LAN. ``netfilter=False``: no namespace has a
     hook (no conntrack, no NAT)."""
+    assert netfilter or not (dnat_at_router or snat_at_router), "NAT needs netfilter"
     w = World()
     w.add_segment(Segment("office"))
     w.add_segment(Segment("lan"))
