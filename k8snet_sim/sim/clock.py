@@ -63,9 +63,7 @@ class Clock(simpy.Environment):
 
     def call_later(self, delay: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Call ``fn(*args)`` after ``delay`` (≥ 0) simulated seconds, in the same order a
-        simpy Timeout scheduled now would fire. (Hot callers in this package push the same
-        entry themselves: ``heappush(clock._queue, (clock._now + delay, CALL, next(clock._eid),
-        fn, args))``.)"""
+        simpy Timeout scheduled now would fire."""
         heappush(self._queue, (self._now + delay, CALL, next(self._eid), fn, args))
 
     def call_timer(self, delay: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:

@@ -20,7 +20,7 @@ import copy
 import random
 from collections import deque
 from collections.abc import Callable
-from heapq import heappush, heapreplace
+from heapq import heapreplace
 from typing import Any
 
 import simpy
@@ -33,7 +33,7 @@ from k8snet_sim.netfilter.context import Chooser
 from k8snet_sim.netfilter.hooks import Skb
 from k8snet_sim.sim import datapath
 from k8snet_sim.sim.choice import SeededChooser
-from k8snet_sim.sim.clock import CALL, Clock
+from k8snet_sim.sim.clock import Clock
 from k8snet_sim.sim.costs import CostModel
 from k8snet_sim.sim.namespace import Namespace, NsState
 from k8snet_sim.sim.recorder import Recorder
@@ -258,8 +258,7 @@ class Simulation:
             return
         if delay < 0:
             raise ValueError(f"Negative delay {delay}")
-        env = self.env  # Clock.call_later, inlined
-        heappush(env._queue, (env._now + delay, CALL, next(env._eid), fn, args))
+        self.env.call_later(delay, fn, args)
 
     def timer(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
         """Like :meth:`later`, for a timer whose length many share (retransmission and
@@ -323,16 +322,8 @@ class Simulation:
         so a first packet walking thousands of rules does not hold up packets other cores
         finish earlier. ``skb`` and ``in_iface`` are as for :meth:`_enqueue`."""
         if delay > 0.0:
-            env = self.env  # Clock.call_later, inlined (once per packet event)
-            heappush(
-                env._queue,
-                (
-                    env._now + delay,
-                    CALL,
-                    next(env._eid),
-                    self._enqueue,
-                    (ns, iface_name, next_hop, pkt, skb, in_iface),
-                ),
+            self.env.call_later(
+                delay, self._enqueue, (ns, iface_name, next_hop, pkt, skb, in_iface)
             )
         else:
             self._enqueue(ns, iface_name, next_hop, pkt, skb, in_iface)
@@ -419,16 +410,8 @@ class Simulation:
         probe = pkt.probe
         if probe is not None:
             probe.on_link(queue, wire_length + ETHERNET_OVERHEAD_BYTES)
-        env = self.env  # Clock.call_later, inlined (once per packet event)
-        heappush(
-            env._queue,
-            (
-                now + (depart + seg.latency_s - now),
-                CALL,
-                next(env._eid),
-                datapath.receive,
-                (self, peer_ns, peer_iface, pkt),
-            ),
+        self.env.call_later(
+            depart + seg.latency_s - now, datapath.receive, (self, peer_ns, peer_iface, pkt)
         )
 
     def tx_queue(self, ns_name: str, iface_name: str) -> TxQueue:
