@@ -25,7 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Piped output gets a wide console: hop lines carry rule comments and packets.
+# Piped output gets a wide console: hop lines carry rule comments and packets. Diagnostics are
+# printed with soft_wrap: a ``file:line:col: path: message`` line is never broken.
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
@@ -49,25 +50,100 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ScenarioError as err:
-            err_console.print(err.render(), markup=False, highlight=False)
+            err_console.print(err.render(), markup=False, highlight=False, soft_wrap=True)
             err_console.print(f"{len(err.diagnostics)} error(s).", style="bold red")
             raise typer.Exit(2) from None
         except K8sNetSimError as err:
-            err_console.print(f"error: {err}", markup=False, highlight=False)
+            err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as err:  # a report or picture that cannot be written where asked
+            where = f"{err.filename}: " if err.filename else ""
+            err_console.print(f"error: {where}{err.strerror or err}", markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_output_file(path: Path, option: str, inputs: Any = ()) -> None:
+    """Refuse, before any work, an output that is a directory or one of the run's inputs
+    (a scenario or a manifest file it names): nothing the user wrote is ever overwritten.
+    ``inputs`` are loaded scenarios."""
+    if path.is_dir():
+        raise K8sNetSimError(f"{option} {path}: is a directory", hint="name a file to write")
+    target = path.resolve()
+    for loaded in inputs:
+        files = {loaded.path, *(m.doc.file for m in loaded.manifests)} - {None}
+        if any(Path(f).resolve() == target for f in files):
+            raise K8sNetSimError(
+                f"{option} {path}: is an input of this run; refusing to overwrite it",
+                hint="write the output to another file",
+            )
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Refuse, before any work, an output directory that is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise K8sNetSimError(
+            f"{option} {path}: exists and is not a directory", hint="name a directory to write into"
+        )
+
+
+def check_picture_file(path: Path, option: str, inputs: Any = ()) -> None:
+    """:func:`check_output_file`, and the suffix must be a format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise K8sNetSimError(
+            f"{option} {path}: cannot write a .{suffix} picture",
+            hint="use one of " + ", ".join(f".{f}" for f in sorted(formats)),
+        )
+    check_output_file(path, option, inputs)
 
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _load(scenario: Path, mode: str | None, sets: list[str] | None, seed: int) -> Any:
+def parse_modes(text: str, option: str = "--modes") -> list[str]:
+    """Comma-separated kube-proxy modes, each once, in the order given.
+
+    >>> parse_modes("ipvs, iptables,ipvs")
+    ['ipvs', 'iptables']
+    """
+    from k8snet_sim.sim.kubeproxy import MODES
+
+    wanted = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in wanted if m not in MODES]
+    if unknown or not wanted:
+        what = f"unknown mode {', '.join(map(repr, unknown))}" if unknown else "no mode given"
+        raise K8sNetSimError(f"{option} {text!r}: {what}", hint="modes: " + ", ".join(MODES))
+    return wanted
+
+
+def warn_likely_typos(loaded: Any) -> None:
+    """Name on stderr what the simulator skipped that looks misspelt (``selecter:``,
+    ``kind: Servcie``): a typo would otherwise change results without a word. ``validate``
+    lists everything skipped."""
+    from k8snet_sim.scenario.modelbase import is_likely_typo
+
+    for diagnostic in loaded.ignored:
+        if is_likely_typo(diagnostic):
+            err_console.print(
+                f"warning: {diagnostic.render()}", markup=False, highlight=False, soft_wrap=True
+            )
+
+
+def _load(
+    scenario: Path, mode: str | None, sets: list[str] | None, seed: int, *, warn: bool = True
+) -> Any:
     from k8snet_sim.api import simulate
     from k8snet_sim.scenario.loader import load_scenario
 
     loaded = load_scenario(scenario, overrides=sets or (), mode=mode)
+    if warn:
+        warn_likely_typos(loaded)
     return loaded, simulate(loaded, seed=seed)
 
 
@@ -83,7 +159,7 @@ def validate(
     """Load and check a scenario; show what the control plane made of it and what is ignored."""
     from k8snet_sim.report.scenario import validate_report, validate_view
 
-    loaded, sim = _load(scenario, mode, set_, seed)
+    loaded, sim = _load(scenario, mode, set_, seed, warn=False)
     report = validate_report(loaded, sim.world)
     if as_json:
         emit_json(report)
@@ -114,7 +190,9 @@ def trace(
     from k8snet_sim.analysis.trace import trace as run_trace
     from k8snet_sim.report.terminal import print_trace
 
-    _, sim = _load(scenario, mode, set_, seed)
+    loaded, sim = _load(scenario, mode, set_, seed)
+    if plot is not None:
+        check_picture_file(plot, "--plot", [loaded])
     result = run_trace(sim, source, target)
     if plot is not None:
         from k8snet_sim.report.plot import save_topology
@@ -168,11 +246,17 @@ def iptables_trace_cmd(
     """Trace a packet through a real iptables-save dump, as upstream's packet-flow tests do."""
     from k8snet_sim.analysis.iptables_trace import iptables_trace
     from k8snet_sim.errors import K8sNetSimError
+    from k8snet_sim.net.addr import is_ip
     from k8snet_sim.report.terminal import print_iptables_trace
 
     host, _, port = dst.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not is_ip(host) or not 1 <= int(port) <= 65535:
         raise K8sNetSimError(f"--dst {dst!r}: expected IP:PORT", hint="e.g. --dst 10.96.0.10:80")
+    for option, value in [("--src", src), *(("--local-ip", a) for a in local_ip or ())]:
+        if not is_ip(value):
+            raise K8sNetSimError(
+                f"{option} {value!r}: expected an IPv4 address", hint="e.g. 10.244.1.5"
+            )
     try:
         text = sys.stdin.read() if str(rules_file) == "-" else rules_file.read_text()
     except OSError as err:
@@ -231,8 +315,10 @@ def compare(
     """The same connection under each kube-proxy mode, one row per mode."""
     from k8snet_sim.analysis.compare import compare_modes
     from k8snet_sim.report.terminal import print_comparison
+    from k8snet_sim.scenario.loader import load_scenario
 
-    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    wanted = parse_modes(modes)
+    warn_likely_typos(load_scenario(scenario, overrides=set_ or ()))
     result = compare_modes(scenario, source, target, modes=wanted, overrides=set_ or (), seed=seed)
     if as_json:
         emit_json(result.to_dict())

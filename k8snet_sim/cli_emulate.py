@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
         console,
         emit_json,
         handle_errors,
+        warn_likely_typos,
     )
 
     @app.command()
@@ -131,6 +132,7 @@ def register(app: typer.Typer) -> None:
             except ValueError as err:
                 raise K8sNetSimError(str(err)) from None
         loaded = load_scenario(scenario, overrides=set_ or (), mode=mode)
+        warn_likely_typos(loaded)
         report = run_emulation(
             loaded, seed=seed, reach=reach, compare=compare, run_id=run_id, keep=keep
         )

@@ -24,9 +24,17 @@ def _seconds(text: str) -> float:
     from k8snet_sim.scenario.units import parse_duration
 
     try:
-        return float(parse_duration(text))
+        seconds = float(parse_duration(text))
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--duration") from None
+        message, _, hint = str(err).partition(" | hint: ")
+        raise typer.BadParameter(
+            f"{message} ({hint})" if hint else message, param_hint="--duration"
+        ) from None
+    if seconds <= 0:
+        raise typer.BadParameter(
+            f"{text!r}: a run must last longer than 0", param_hint="--duration"
+        )
+    return seconds
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +46,7 @@ def register(app: typer.Typer) -> None:
         SeedOpt,
         SetOpt,
         _load,
+        check_output_dir,
         console,
         emit_json,
         handle_errors,
@@ -66,6 +75,8 @@ def register(app: typer.Typer) -> None:
         from k8snet_sim.report.load_report import print_load, write_plots
 
         seconds = _seconds(duration) if duration is not None else None
+        if plot is not None:
+            check_output_dir(plot, "--plot")
         _, sim = _load(scenario, mode, set_, seed)
         if sys.stdout.isatty() and not as_json:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

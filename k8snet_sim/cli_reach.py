@@ -42,9 +42,11 @@ def register(app: typer.Typer) -> None:
         SeedOpt,
         SetOpt,
         _load,
+        check_output_file,
         console,
         err_console,
         handle_errors,
+        parse_modes,
     )
 
     @app.command()
@@ -121,7 +123,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"{fmt!r}: use one of {', '.join(FORMATS)}", param_hint="--format"
             )
+        if compare_mode is not None:
+            (compare_mode,) = parse_modes(compare_mode, "--compare-mode")[:1]
         loaded, sim = _load(scenario, mode, set_, seed)
+        if output is not None:
+            check_output_file(output, "--output", [loaded])
         result = run_reach(
             sim, sources, targets, expand_pods=expand_pods, samples=fmt == "html", jobs=jobs
         )
@@ -129,6 +135,8 @@ def register(app: typer.Typer) -> None:
         if compare_mode is not None or compare is not None:
             other_file = compare or scenario
             other_loaded, other_sim = _load(other_file, compare_mode or mode, set_, seed)
+            if output is not None:
+                check_output_file(output, "--output", [other_loaded])
             other = run_reach(other_sim, sources, targets, expand_pods=expand_pods, jobs=jobs)
             labels = _labels(
                 result.mode,

@@ -210,7 +210,15 @@ def test_unschedulable_everywhere_is_an_error_with_hint():
     assert "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) did not match" in (
         diag.message
     )
-    assert "node1 {'kubernetes.io/hostname': 'node1', 'disk': 'ssd'}" in diag.hint
+    assert "node1 kubernetes.io/hostname=node1,disk=ssd" in diag.hint
+
+
+def test_a_misspelt_node_name_gets_a_did_you_mean_hint():
+    with pytest.raises(ScenarioError) as info:
+        build(deployment("web", 1, "{app: web}", "nodeName: nod1, containers: [{name: c}]"))
+    (diag,) = info.value.diagnostics
+    assert diag.path == "manifests[0].spec.template.spec.nodeName"
+    assert diag.hint == "did you mean `node1`?"
 
 
 # --- endpoints -----------------------------------------------------------------------------

@@ -329,6 +329,24 @@ CASES = [
         "bad.yaml:20:71: ingressControllers[0].service: no Service default/nginx in the manifests",
     ),
     (
+        "scenario-field-typo",
+        "  kubeProxy: {mode: iptables}",
+        "  kubeProxy: {mdoe: ipvs}",
+        "bad.yaml:6:15: cluster.kubeProxy.mdoe: unknown field",
+    ),
+    (
+        "scenario-field-by-python-name",
+        "  serviceCIDR:",
+        "  service_cidr:",
+        "bad.yaml:3:3: cluster.service_cidr: unknown field",
+    ),
+    (
+        "route-list-typo",
+        "      routes: [",
+        "      route: [",
+        "bad.yaml:17:7: network.routers[0].route: unknown field",
+    ),
+    (
         "unknown-kind-version",
         "  - apiVersion: v1\n    kind: Pod",
         "  - apiVersion: v1beta1\n    kind: Pod",
@@ -448,3 +466,43 @@ def test_scenario_must_be_one_mapping():
     with pytest.raises(ScenarioError) as info:
         load_scenario_text("- just\n- a list\n", file=F)
     assert info.value.render().startswith("bad.yaml:1:1: expected exactly one YAML document")
+
+
+def test_unknown_scenario_fields_are_all_errors_with_a_hint():
+    """A typo in the scenario's own fields must not silently change what is simulated."""
+    text = BASE.replace("  kubeProxy: {mode: iptables}", "  kubeProxi: {mode: ipvs}").replace(
+        "      routes: [", "      rutes: ["
+    )
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(text, file=F)
+    rendered = info.value.render()
+    assert (
+        "bad.yaml:6:3: cluster.kubeProxi: unknown field\n    hint: did you mean `kubeProxy`?"
+        in (rendered)
+    )
+    assert (
+        "bad.yaml:17:7: network.routers[0].rutes: unknown field\n    hint: did you mean `routes`?"
+        in (rendered)
+    )
+    far = load_scenario_text_error(
+        BASE.replace("metadata: {name: base}", "metadata: {nmae: base, zzz: 1}")
+    )
+    assert "metadata.zzz: unknown field\n    hint: the fields here are name, description" in far
+
+
+def load_scenario_text_error(text: str) -> str:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(text, file=F)
+    return info.value.render()
+
+
+def test_a_misspelt_manifest_field_is_shown_beside_the_missing_one():
+    text = BASE.replace(
+        "    spec: {containers: [{name: app}]}", "    spec: {containers: [{nme: app}]}"
+    )
+    rendered = load_scenario_text_error(text)
+    assert "manifests[1].spec.containers[0].name: required field is missing" in rendered
+    assert (
+        "manifests[1].spec.containers[0].nme: field not interpreted by the simulator\n"
+        "    hint: did you mean `name`?"
+    ) in rendered

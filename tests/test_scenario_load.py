@@ -12,6 +12,7 @@ import pytest
 from k8snet_sim.errors import ScenarioError
 from k8snet_sim.scenario.kinds import ServiceObject
 from k8snet_sim.scenario.loader import load_scenario, load_scenario_text
+from k8snet_sim.scenario.modelbase import is_likely_typo
 from k8snet_sim.scenario.refs import Ref, RefSyntaxError, parse_ref
 from k8snet_sim.scenario.units import parse_bandwidth, parse_duration, parse_rate, parse_size
 from k8snet_sim.scenario.yamlpos import load_yaml_documents
@@ -328,15 +329,36 @@ def test_yaml_positions_multidoc_and_safety():
     assert "constructor" in problems[0].message
 
 
-def test_unknown_scenario_fields_are_ignored_with_a_did_you_mean_hint():
+def test_unknown_scenario_fields_are_errors_with_a_did_you_mean_hint():
     text = MINIMAL.replace("cluster:\n", "cluster:\n  kubeProxi: {mode: ipvs}\n")
-    scenario = load_scenario_text(text, file="typo.yaml")
-    (entry,) = scenario.ignored
-    assert entry.render() == (
-        "typo.yaml:3:3: cluster.kubeProxi: field not interpreted by the simulator\n"
-        "    hint: did you mean `kubeProxy`?"
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(text, file="typo.yaml")
+    assert info.value.render().endswith(
+        "typo.yaml:3:3: cluster.kubeProxi: unknown field\n    hint: did you mean `kubeProxy`?"
     )
-    assert scenario.mode == "iptables"
+
+
+def test_manifest_fields_by_python_name_are_ignored_not_used():
+    """Kubernetes knows ``targetPort``, not ``target_port``: the latter is skipped (and listed,
+    with a hint), so the port defaults as Kubernetes would default it."""
+    text = MINIMAL.replace("ports: [{port: 80}]", "ports: [{port: 80, target_port: 8080}]")
+    scenario = load_scenario_text(text, file="snake.yaml")
+    service = scenario.manifests[0].obj
+    assert service.spec.ports[0].target_port == 80
+    (entry,) = [d for d in scenario.ignored if d.path.endswith("target_port")]
+    assert entry.hint == "did you mean `targetPort`?"
+    assert is_likely_typo(entry)
+
+
+def test_misspelt_kinds_and_fields_are_likely_typos():
+    text = MINIMAL.replace("kind: Service", "kind: Servcie")
+    (entry,) = load_scenario_text(text, file="kind.yaml").ignored
+    assert entry.message == "kind Servcie (v1) is not modelled; the object is ignored"
+    assert entry.hint == "did you mean `Service`?" and is_likely_typo(entry)
+    image = load_scenario_text(
+        MINIMAL.replace("kind: Service", "kind: ConfigMap"), file="cm.yaml"
+    ).ignored
+    assert not any(is_likely_typo(d) for d in image)
 
 
 def test_bad_mode_is_located_at_the_mode_option():

@@ -30,7 +30,8 @@ MODES = ("userspace", "iptables", "ipvs", "nftables")
 class ModeRow:
     mode: str
     reachable: str  # "all" | "partial" | "none" | "error"
-    endpoints: list[str] = field(default_factory=list)
+    # Every branch of the random choices: (endpoint, probability, whether it completes).
+    branches: list[tuple[str, float, bool]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     source_seen: list[str] = field(default_factory=list)
     rules_walked: int = 0
@@ -39,18 +40,32 @@ class ModeRow:
     connections: int = 0
     reason: str = ""
     trace: TraceResult | None = None
+    # The endpoint of the seeded sample that the rules/lookups, hops and connections describe.
+    sampled: str = ""
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``"pod (probability)"`` per endpoint, in order."""
+        return [f"{name} ({p:.2f})" for name, p, _ in self.branches]
+
+    @property
+    def failing(self) -> list[str]:
+        """The endpoints whose branch does not complete: which ones work is often the lesson."""
+        return [name for name, _, ok in self.branches if not ok]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "reachable": self.reachable,
             "endpoints": self.endpoints,
+            "failingEndpoints": self.failing,
             "failures": self.failures,
             "sourceSeenByBackend": self.source_seen,
             "rulesWalked": self.rules_walked,
             "mapLookups": self.map_lookups,
             "hops": self.hops,
             "connections": self.connections,
+            "sampledEndpoint": self.sampled or None,
             "reason": self.reason,
         }
 
@@ -83,7 +98,7 @@ def _row(mode: str, result: TraceResult) -> ModeRow:
     return ModeRow(
         mode=mode,
         reachable=verdict,
-        endpoints=[f"{r['pod'] or r['ip']} ({r['probability']:.2f})" for r in rows if r["ip"]],
+        branches=[(r["pod"] or r["ip"], r["probability"], r["reachable"]) for r in rows if r["ip"]],
         failures=sorted({f"{r['disposition']}: {r['reason']}" for r in rows if not r["reachable"]}),
         source_seen=sorted({r["sourceSeenByBackend"] for r in ok if r.get("sourceSeenByBackend")}),
         rules_walked=result.rules_walked,
@@ -92,6 +107,7 @@ def _row(mode: str, result: TraceResult) -> ModeRow:
         connections=len(result.connections),
         reason=result.reason,
         trace=result,
+        sampled=(result.endpoint or {}).get("pod") or "",
     )
 
 

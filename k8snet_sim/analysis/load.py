@@ -216,7 +216,8 @@ def load_run(
     if not specs:
         raise K8sNetSimError(
             "the scenario has no traffic: entries",
-            hint="add a traffic: list (see DESIGN.md) or pass traffic=",
+            hint="add a `traffic:` list to the scenario (README: Throughput and scale), or pass "
+            "traffic= to load_run",
         )
     if duration is not None:
         specs = [s.model_copy(update={"duration": float(duration)}) for s in specs]

@@ -72,6 +72,7 @@ from k8snet_sim.cluster.workloads import PodDraft, expand_pods
 from k8snet_sim.errors import Diagnostic, ScenarioError
 from k8snet_sim.scenario.kinds import EndpointSliceObject, ServiceObject
 from k8snet_sim.scenario.manifests import SERVICE_NAME_LABEL, Manifest
+from k8snet_sim.scenario.modelbase import closest
 from k8snet_sim.scenario.schema import Scenario
 
 __all__ = ["ClusterBuild", "build_cluster", "check_refs"]
@@ -204,13 +205,20 @@ def _place_pods(drafts: list[PodDraft], nodes: list[Node], problems: list[Diagno
     pods = []
     for draft, placement in zip(drafts, schedule(requests, infos), strict=True):
         if placement.node is None:
-            where = ("nodeName",) if draft.node_name is not None else ("nodeSelector",)
+            if draft.node_name is not None:
+                where: tuple[str, ...] = ("nodeName",)
+                hint = closest(draft.node_name, by_name) or "nodes: " + ", ".join(by_name)
+            else:
+                where = ("nodeSelector",)
+                hint = "node labels: " + "; ".join(
+                    f"{n.name} " + ",".join(f"{k}={v}" for k, v in n.labels.items()) for n in nodes
+                )
+                hint += " — cordoned nodes need a toleration"
             problems.append(
                 draft.manifest.diagnostic(
                     (*draft.spec_path, *where),
                     f"pod {draft.key} cannot be placed: {placement.error}",
-                    f"nodes: {', '.join(f'{n.name} {n.labels}' for n in nodes)}"
-                    + (" — cordoned nodes need a toleration" if draft.node_name is None else ""),
+                    hint,
                 )
             )
             continue

@@ -75,6 +75,9 @@ def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) 
     head.append(f"  reachable={str(result.reachable).lower()}  ")
     head.append(result.reason)
     parts: list = [head]
+    branches = _other_branches(result)
+    if branches:
+        parts.append(Text(branches, style="bold yellow"))
     if result.service:
         sv = result.service
         mapping = (
@@ -124,6 +127,29 @@ def trace_view(result: TraceResult, *, details: bool = True, log: bool = False) 
     return Group(*parts)
 
 
+def _other_branches(result: TraceResult) -> str:
+    """A warning under the verdict when other branches of the random choices end differently:
+    the headline is one seeded sample, and a reader skimming it must not miss the rest.
+
+    >>> from types import SimpleNamespace
+    >>> rows = [{"disposition": "DELIVERED", "probability": 1 / 3},
+    ...         {"disposition": "REPLY_LOST", "probability": 2 / 3}]
+    >>> r = SimpleNamespace(disposition="DELIVERED", seed=0, possible_endpoints=rows)
+    >>> print(_other_branches(r))  # doctest: +NORMALIZE_WHITESPACE
+    seed 0 took one branch; every branch: REPLY_LOST p=0.667, DELIVERED p=0.333
+    (see possible endpoints below)
+    """
+    shares: dict[str, float] = {}
+    for row in result.possible_endpoints:
+        shares[row["disposition"]] = shares.get(row["disposition"], 0.0) + row["probability"]
+    if set(shares) <= {result.disposition}:
+        return ""
+    listed = ", ".join(f"{d} p={p:.3f}" for d, p in sorted(shares.items(), key=lambda kv: -kv[1]))
+    return (
+        f"seed {result.seed} took one branch; every branch: {listed} (see possible endpoints below)"
+    )
+
+
 def print_trace(result: TraceResult, console: Console | None = None, **kw: bool) -> None:
     (console or Console()).print(trace_view(result, **kw))
 
@@ -157,9 +183,10 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
     for col in (
         "mode",
         "reachable",
-        "endpoints (probability)",
+        "endpoints (p; ✗ fails)",
         "source seen by backend",
-        "first packet: rules / lookups",
+        "sample",
+        "rules / lookups",
         "hops",
         "connections",
     ):
@@ -169,8 +196,9 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
         table.add_row(
             r.mode,
             Text(r.reachable, style=style.get(r.reachable, "")),
-            "\n".join(r.endpoints) or "—",
+            "\n".join(f"{n} ({p:.2f}){'' if ok else ' ✗'}" for n, p, ok in r.branches) or "—",
             ", ".join(r.source_seen) or "—",
+            r.sampled or "—",
             f"{r.rules_walked} / {r.map_lookups}",
             str(r.hops),
             str(r.connections),
@@ -188,6 +216,16 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
             )
         if r.reachable == "error":
             console.print(Text(f"  {r.mode}: {r.reason}", style="red"))
+    if any(f.startswith("REPLY_LOST") for r in result.rows for f in r.failures):
+        console.print(Text(REPLY_LOST_FIX, style="dim"))
+
+
+# What a reader of a lost reply wants to know next (the lesson of scenarios/external-clusterip).
+REPLY_LOST_FIX = (
+    "  fix: masquerade sources from outside the cluster (cluster.kubeProxy.clusterCIDR set to "
+    "the pod range, or masqueradeAll: true) so replies return through the node that did the "
+    "DNAT; or route replies back through that node"
+)
 
 
 def print_iptables_trace(

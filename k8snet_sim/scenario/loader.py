@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from k8snet_sim.errors import Diagnostic, ScenarioError
 from k8snet_sim.scenario.manifests import ManifestSet, check_duplicates, parse_document
 from k8snet_sim.scenario.modelbase import (
@@ -47,6 +49,7 @@ from k8snet_sim.scenario.modelbase import (
     ignored_diagnostic,
     unknown_fields,
     validation_diagnostics,
+    without,
 )
 from k8snet_sim.scenario.overrides import apply_overrides
 from k8snet_sim.scenario.schema import ClusterSpec, KubeProxySpec, Scenario, ScenarioFile
@@ -120,15 +123,16 @@ def load_scenario_text(
     if mode is not None:
         problems.extend(apply_overrides(doc, [f"cluster.kubeProxy.mode={mode}"], file="--mode"))
         doc.origins[("cluster", "kubeProxy", "mode")] = ("--mode", 1, 1)
+    # The scenario's own fields are this simulator's: a key it does not know is a typo (or a
+    # field of a newer version), never something to skip silently. Kubernetes objects are
+    # another matter: they carry many real fields the simulator has no use for.
+    unknown = unknown_fields(ScenarioFile, doc.data)
+    problems.extend(_unknown_field(doc, path, model) for path, model in unknown)
     spec: ScenarioFile | None = None
     try:
-        spec = ScenarioFile.model_validate(doc.data)
+        spec = ScenarioFile.model_validate(without(doc.data, [path for path, _ in unknown]))
     except ValidationError as err:
         problems.extend(validation_diagnostics(err, doc))
-    ignored = [
-        ignored_diagnostic(doc, p, p, did_you_mean(str(p[-1]), model))
-        for p, model in unknown_fields(ScenarioFile, doc.data)
-    ]
     found = _load_manifests(doc, base_dir)
     problems.extend(found.errors)
     problems.extend(check_duplicates(found.manifests))
@@ -150,7 +154,7 @@ def load_scenario_text(
         traffic=spec.traffic,
         costs=spec.costs,
         pod_status=spec.pod_status,
-        ignored=[*ignored, *found.ignored],
+        ignored=found.ignored,
         defaulted=[*_cluster_defaults(spec.cluster), *found.defaulted],
         notes=notes,
         document=doc,
@@ -172,6 +176,16 @@ def load_scenario_text(
     if problems:
         raise ScenarioError(problems)
     return scenario
+
+
+def _unknown_field(doc: YamlDocument, path: YamlPath, model: type[BaseModel]) -> Diagnostic:
+    known = [(f.alias or name) for name, f in model.model_fields.items()]
+    return Diagnostic(
+        *doc.where(path, key=True),
+        dotted(path),
+        "unknown field",
+        did_you_mean(str(path[-1]), model) or "the fields here are " + ", ".join(known),
+    )
 
 
 def _load_manifests(doc: YamlDocument, base_dir: Path | None) -> ManifestSet:

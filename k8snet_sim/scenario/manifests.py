@@ -51,10 +51,14 @@ from k8snet_sim.scenario.kinds import (
 )
 from k8snet_sim.scenario.modelbase import (
     ValidationError,
+    closest,
     describe,
+    did_you_mean,
     ignored_diagnostic,
+    is_likely_typo,
     unknown_fields,
     validation_diagnostics,
+    without,
 )
 from k8snet_sim.scenario.yamlpos import YamlDocument, YamlPath
 
@@ -145,6 +149,7 @@ def parse_document(doc: YamlDocument, data: Any, path: YamlPath, out: ManifestSe
             doc.diagnostic(
                 (*path, "kind"),
                 f"kind {kind} ({api_version}) is not modelled; the object is ignored",
+                closest(kind, KINDS),
             )
         )
         return
@@ -158,13 +163,19 @@ def parse_document(doc: YamlDocument, data: Any, path: YamlPath, out: ManifestSe
             )
         )
         return
+    found = unknown_fields(model, data)
+    unknown = [
+        ignored_diagnostic(doc, (*path, *rel), (*path, *rel), did_you_mean(str(rel[-1]), owner))
+        for rel, owner in found
+    ]
     try:
-        obj: Any = model.model_validate(data)
+        obj: Any = model.model_validate(without(data, [rel for rel, _ in found]))
     except ValidationError as err:
         out.errors.extend(validation_diagnostics(err, doc, path))
+        # A misspelt field is often why a required one is missing: show it beside the error.
+        out.errors.extend(d for d in unknown if is_likely_typo(d))
         return
-    for rel, _ in unknown_fields(model, data):
-        out.ignored.append(ignored_diagnostic(doc, (*path, *rel), (*path, *rel)))
+    out.ignored.extend(unknown)
     namespace = (obj.metadata.namespace or "default") if namespaced else ""
     if not namespaced and obj.metadata.namespace:
         out.ignored.append(

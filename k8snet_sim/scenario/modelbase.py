@@ -24,14 +24,16 @@ p.yaml:1:7: port: expected a port number, got 70000 (ports are 1–65535)
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
 
 from k8snet_sim.errors import Diagnostic
 from k8snet_sim.scenario.yamlpos import YamlDocument, YamlPath, dotted
@@ -43,9 +45,12 @@ __all__ = [
     "PortRef",
     "StrictModel",
     "ValidationError",
+    "closest",
     "describe",
+    "is_likely_typo",
     "unknown_fields",
     "validation_diagnostics",
+    "without",
 ]
 
 
@@ -165,6 +170,8 @@ def _message(error: Any) -> tuple[str, str]:
 
 
 def _default_hint(message: str) -> str:
+    if "port number" in message and re.search(r"got '\d+'", message):
+        return "remove the quotes: a port number is written as a number"
     if "port number" in message:
         return "use a port between 1 and 65535"
     if "IPv4 address" in message:
@@ -247,11 +254,70 @@ def unknown_fields(
     return found
 
 
+def without(data: Any, paths: Sequence[YamlPath]) -> Any:
+    """``data`` with the keys at ``paths`` left out, copying only the containers on the way.
+
+    A model validates what remains: a key the model does not know by its alias
+    (``service_cidr`` for ``serviceCIDR``) must not populate the field by its Python name, as
+    it would otherwise, since it is listed as not interpreted.
+
+    >>> data = {"a": 1, "b": {"c": 2, "d": 3}}
+    >>> without(data, [("b", "d")]), data["b"]
+    ({'a': 1, 'b': {'c': 2}}, {'c': 2, 'd': 3})
+    """
+    if not paths:
+        return data
+    trie: dict[Any, Any] = {}
+    for path in paths:
+        node = trie
+        for segment in path[:-1]:
+            node = node.setdefault(segment, {})
+        node[path[-1]] = None
+    return _prune(data, trie)
+
+
+def _prune(data: Any, trie: dict[Any, Any]) -> Any:
+    if not isinstance(data, dict | list):
+        return data
+    out: Any = dict(data) if isinstance(data, dict) else list(data)
+    for segment, below in trie.items():
+        if isinstance(out, dict):
+            if below is None:
+                out.pop(segment, None)
+            elif segment in out:
+                out[segment] = _prune(out[segment], below)
+        elif below is not None and isinstance(segment, int) and 0 <= segment < len(out):
+            out[segment] = _prune(out[segment], below)
+    return out
+
+
+DID_YOU_MEAN = "did you mean"
+
+
 def did_you_mean(word: str, model: type[BaseModel]) -> str:
     """A hint naming the closest field of ``model``, or ""."""
-    names = [(f.alias or n) for n, f in model.model_fields.items()]
-    close = difflib.get_close_matches(word, names, n=1)
-    return f"did you mean `{close[0]}`?" if close else ""
+    return closest(word, [(f.alias or n) for n, f in model.model_fields.items()])
+
+
+def closest(word: str, names: Iterable[str]) -> str:
+    """A hint naming the name ``word`` is a likely typo of, or "".
+
+    A typo is one or two slips (a letter wrong, missing, extra, or two swapped; one per four
+    letters): ``selecter`` for ``selector``, ``Servcie`` for ``Service``. Real Kubernetes
+    fields the simulator does not model are usually further from every modelled name
+    (``appProtocol`` is three letters from ``protocol``), so they are not mistaken for typos.
+
+    >>> closest("selecter", ["selector", "ports"]), closest("appProtocol", ["protocol"])
+    ('did you mean `selector`?', '')
+    """
+    slips = min(2, max(1, len(word) // 4))
+    best = process.extractOne(word, list(names), scorer=OSA.distance, score_cutoff=slips)
+    return f"{DID_YOU_MEAN} `{best[0]}`?" if best is not None else ""
+
+
+def is_likely_typo(diagnostic: Diagnostic) -> bool:
+    """Whether an ignored entry names a field or kind close to one the simulator knows."""
+    return diagnostic.hint.startswith(DID_YOU_MEAN)
 
 
 def ignored_diagnostic(

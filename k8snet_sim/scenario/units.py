@@ -71,7 +71,10 @@ def _parse(value: object, units: dict[str, float], what: str, example: str) -> f
         match = _QUANTITY.match(value)
         if not match or match["unit"] not in units:
             known = ", ".join(u for u in units if u)
-            raise ValueError(f"expected {what} like {example} (units: {known}), got {value!r}")
+            raise ValueError(
+                f"expected {what} like {example}, got {value!r}"
+                + (f" | hint: write a number and one of the units {known}" if known else "")
+            )
         factor = units[match["unit"]]
         # Divide for sub-units so that "50us" is exactly 5e-05, not 4.9999999999999996e-05.
         number = (
@@ -80,7 +83,7 @@ def _parse(value: object, units: dict[str, float], what: str, example: str) -> f
     else:
         raise ValueError(f"expected {what} like {example}, got {type(value).__name__}")
     if not math.isfinite(number) or number < 0:
-        raise ValueError(f"expected a non-negative {what}, got {value!r}")
+        raise ValueError(f"expected {what} of at least 0, got {value!r}")
     return number
 
 
@@ -101,10 +104,16 @@ def parse_bandwidth(value: object) -> float:
 
 def parse_rate(value: object) -> float:
     """Events per second from ``"500/s"``, ``"30/min"``, ``"2/ms"`` or a number per second."""
-    if isinstance(value, str) and "/" in value:
-        count, _, per = value.partition("/")
-        per = per.strip()
-        if per not in _RATE_PER or not count.strip():
-            raise ValueError(f"expected a rate like 500/s or 30/min, got {value!r}")
-        return _parse(count, {"": 1.0}, "a rate", "500/s or 30/min") / _RATE_PER[per]
-    return _parse(value, {"": 1.0}, "a rate", "500/s or 30/min")
+    hint = " | hint: write a count per unit of time: 500/s, 30/min, 2/ms or 100/h"
+    try:
+        if isinstance(value, str) and "/" in value:
+            count, _, per = value.partition("/")
+            per = per.strip()
+            if per not in _RATE_PER or not count.strip():
+                raise ValueError(f"expected a rate like 500/s or 30/min, got {value!r}")
+            if count.strip().startswith("-"):
+                raise ValueError(f"expected a rate of at least 0, got {value!r}")
+            return _parse(count, {"": 1.0}, "a rate", "500/s or 30/min") / _RATE_PER[per]
+        return _parse(value, {"": 1.0}, "a rate", "500/s or 30/min")
+    except ValueError as err:
+        raise ValueError(f"{err}{hint}") from None
