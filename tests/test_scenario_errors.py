@@ -329,6 +329,19 @@ CASES = [
         "bad.yaml:20:71: ingressControllers[0].service: no Service default/nginx in the manifests",
     ),
     (
+        "service-port-name-uppercase",
+        "ports: [{name: http,",
+        "ports: [{name: HTTP,",
+        "bad.yaml:28:22: manifests[0].spec.ports[0].name: invalid port name 'HTTP'",
+    ),
+    (
+        "traffic-zero-duration",
+        "reachable: true}\n",
+        "reachable: true}\ntraffic: [{name: t, from: host/laptop, to: '10.96.0.20:80', rate: 5/s,"
+        " duration: 0s}]\n",
+        "bad.yaml:35:82: traffic[0].duration: input should be greater than 0",
+    ),
+    (
         "scenario-field-typo",
         "  kubeProxy: {mode: iptables}",
         "  kubeProxy: {mdoe: ipvs}",

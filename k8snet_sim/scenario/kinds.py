@@ -14,9 +14,10 @@ Example
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from k8snet_sim.scenario.modelbase import CidrText, IPv4, PortNumber, PortRef, StrictModel
 
@@ -43,8 +44,21 @@ class NamespaceObject(_Object):
 # --- Service -------------------------------------------------------------------------------
 
 
+def _port_name(value: str) -> str:
+    """A Service port name is a DNS label (IANA_SVC_NAME rules are for container ports)."""
+    if value and not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"invalid port name {value!r}: lowercase letters, digits and '-', at most 63, "
+            "starting and ending with a letter or digit | hint: e.g. `http` or `metrics-1`"
+        )
+    return value
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 class ServicePortSpec(StrictModel):
-    name: str = ""
+    name: Annotated[str, AfterValidator(_port_name)] = ""
     protocol: Protocol = "TCP"
     port: PortNumber
     target_port: PortRef | None = Field(None, alias="targetPort")

@@ -257,7 +257,7 @@ class TrafficSpec(StrictModel):
     target: TargetRef = Field(alias="to")
     kind: Literal["requests", "clients", "bulk"] = "requests"
     rate: PerSecond | None = None
-    duration: Seconds = 10.0
+    duration: Seconds = Field(10.0, gt=0)
     warmup: Seconds = 0.0
     keepalive: bool = False
     request_bytes: Bytes = Field(100.0, alias="requestBytes")
