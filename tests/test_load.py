@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -359,3 +360,21 @@ def test_load_command_rejects_a_scenario_without_traffic() -> None:
         timeout=300,
     )
     assert out.returncode == 2 and "no traffic" in out.stderr
+
+
+def test_throughput_plot_uses_a_log_axis_when_entries_differ_a_hundredfold() -> None:
+    from types import SimpleNamespace
+
+    from k8snet_sim.report.load_report import _throughput
+
+    def result(*peaks: float) -> Any:
+        traffic = [
+            SimpleNamespace(name=f"t{i}", series=[(0.1, p / 2), (0.2, p)])
+            for i, p in enumerate(peaks)
+        ]
+        return SimpleNamespace(
+            traffic=traffic, window=(0.0, 1.0), start=0.0, scenario="s", mode="m"
+        )
+
+    assert _throughput(result(5e6, 9.4e9)).axes[0].get_yscale() == "log"
+    assert _throughput(result(5e6, 50e6)).axes[0].get_yscale() == "linear"

@@ -193,9 +193,15 @@ def _latency_cdf(result: LoadResult) -> Figure:
 
 def _throughput(result: LoadResult) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
+    peaks = []
     for t in result.traffic:
         if t.series:
             ax.plot([x for x, _ in t.series], [y / 1e6 for _, y in t.series], label=t.name)
+            peaks.append(max(y for _, y in t.series))
+    # Request streams of a few Mbit/s beside a bulk transfer of Gbit/s would lie flat on zero:
+    # a log axis shows both once the entries differ by more than a factor of 100.
+    if len(peaks) > 1 and min(peaks) > 0 and max(peaks) > 100 * min(peaks):
+        ax.set_yscale("log")
     if result.window[0] > result.start:
         ax.axvspan(result.start, result.window[0], color="#dddddd", alpha=0.6, label="warm-up")
     ax.set_xlabel("simulated time (s)")
