@@ -138,10 +138,9 @@ def warn_likely_typos(loaded: Any) -> None:
 def _load(
     scenario: Path, mode: str | None, sets: list[str] | None, seed: int, *, warn: bool = True
 ) -> Any:
-    from k8snet_sim.api import simulate
-    from k8snet_sim.scenario.loader import load_scenario
+    from k8snet_sim.api import load_checked, simulate
 
-    loaded = load_scenario(scenario, overrides=sets or (), mode=mode)
+    loaded = load_checked(scenario, overrides=sets or (), mode=mode)
     if warn:
         warn_likely_typos(loaded)
     return loaded, simulate(loaded, seed=seed)
@@ -314,11 +313,11 @@ def compare(
 ) -> None:
     """The same connection under each kube-proxy mode, one row per mode."""
     from k8snet_sim.analysis.compare import compare_modes
+    from k8snet_sim.api import load_checked
     from k8snet_sim.report.terminal import print_comparison
-    from k8snet_sim.scenario.loader import load_scenario
 
     wanted = parse_modes(modes)
-    warn_likely_typos(load_scenario(scenario, overrides=set_ or ()))
+    warn_likely_typos(load_checked(scenario, overrides=set_ or ()))
     result = compare_modes(scenario, source, target, modes=wanted, overrides=set_ or (), seed=seed)
     if as_json:
         emit_json(result.to_dict())

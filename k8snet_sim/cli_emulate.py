@@ -119,11 +119,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build the scenario in Linux network namespaces with real iptables/nftables and
         probe it with real sockets (root only)."""
+        from k8snet_sim.api import load_checked
         from k8snet_sim.emulate import emulate as run_emulation
         from k8snet_sim.emulate.janitor import require_root
         from k8snet_sim.emulate.plan import check_run_id
         from k8snet_sim.errors import K8sNetSimError
-        from k8snet_sim.scenario.loader import load_scenario
 
         require_root()
         if run_id is not None:
@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
                 check_run_id(run_id)
             except ValueError as err:
                 raise K8sNetSimError(str(err)) from None
-        loaded = load_scenario(scenario, overrides=set_ or (), mode=mode)
+        loaded = load_checked(scenario, overrides=set_ or (), mode=mode)
         warn_likely_typos(loaded)
         report = run_emulation(
             loaded, seed=seed, reach=reach, compare=compare, run_id=run_id, keep=keep

@@ -12,6 +12,7 @@ unknown endpoint pod/default/nope (hint: list pods with `k8snet-sim validate`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class K8sNetSimError(Exception):
@@ -53,8 +54,12 @@ class Diagnostic:
 class ScenarioError(K8sNetSimError):
     """The scenario (or a file it names) is invalid. Carries every problem found at once."""
 
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+    def __init__(self, diagnostics: list[Diagnostic], *, partial: Any = None) -> None:
+        # Duplicates collapse: two checks may find the same problem.
+        self.diagnostics = sorted(dict.fromkeys(diagnostics), key=Diagnostic.sort_key)
+        # The scenario as loaded despite these problems, when every object in it parsed: a
+        # later stage (the control plane) may look at it for more problems to report at once.
+        self.partial = partial
         super().__init__(
             f"{len(self.diagnostics)} error(s) in scenario:\n"
             + "\n".join(d.render() for d in self.diagnostics)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from k8snet_sim.api import load_checked
 from k8snet_sim.cluster.build import build_cluster
 from k8snet_sim.errors import ScenarioError
 from k8snet_sim.scenario.loader import load_scenario, load_scenario_text
@@ -519,3 +520,53 @@ def test_a_misspelt_manifest_field_is_shown_beside_the_missing_one():
         "manifests[1].spec.containers[0].nme: field not interpreted by the simulator\n"
         "    hint: did you mean `name`?"
     ) in rendered
+
+
+def test_loader_and_control_plane_problems_are_reported_in_one_run(tmp_path):
+    """A bad route (found when loading), a pod on an unknown node (found by the control plane)
+    and an expectation naming an unknown pod (found by the reference checks): one run, three
+    errors. The pod that could not be placed is not reported again as unknown."""
+    text = (
+        BASE.replace("via: 192.168.10.11", "via: 10.0.0.1")
+        .replace(
+            "spec: {containers: [{name: app}]}", "spec: {nodeName: nod2, containers: [{name: app}]}"
+        )
+        .replace(
+            "reachable: true}\n",
+            "reachable: true}\n"
+            "  - {from: pod/default/web, to: '10.96.0.20:80'}\n"
+            "  - {from: pod/default/db-0, to: '10.96.0.20:80'}\n",
+        )
+    )
+    path = tmp_path / F
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as info:
+        load_checked(path)
+    lines = [d.render().splitlines()[0].split(": ")[1] for d in info.value.diagnostics]
+    assert lines == [
+        "network.routers[0].routes[0].via",
+        "manifests[1].spec.nodeName",
+        "expect[2].from",
+    ], info.value.render()
+    assert "did you mean `node2`?" in info.value.render()
+    # The scenario's own problems alone, when the control plane has none to add.
+    with pytest.raises(ScenarioError) as alone:
+        path.write_text(BASE.replace("via: 192.168.10.11", "via: 10.0.0.1"))
+        load_checked(path)
+    assert len(alone.value.diagnostics) == 1
+
+
+def test_a_manifest_that_failed_to_parse_stops_before_the_control_plane(tmp_path):
+    """A Service that did not parse would make every reference to it "unknown": no cascade."""
+    path = tmp_path / F
+    path.write_text(
+        BASE.replace("targetPort: 8080", "targetPort: -1").replace(
+            "via: 192.168.10.11", "via: 10.0.0.1"
+        )
+    )
+    with pytest.raises(ScenarioError) as info:
+        load_checked(path)
+    assert [d.path for d in info.value.diagnostics] == [
+        "network.routers[0].routes[0].via",
+        "manifests[0].spec.ports[0].targetPort",
+    ]

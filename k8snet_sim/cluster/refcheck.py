@@ -37,8 +37,14 @@ if TYPE_CHECKING:
     from k8snet_sim.cluster.build import ClusterBuild
 
 
-def check_refs(scenario: Scenario, build: ClusterBuild) -> list[Diagnostic]:
-    """Diagnostics for every reference in ``expect`` / ``traffic`` that names nothing."""
+def check_refs(
+    scenario: Scenario, build: ClusterBuild, failed: frozenset[tuple[str, str]] = frozenset()
+) -> list[Diagnostic]:
+    """Diagnostics for every reference in ``expect`` / ``traffic`` that names nothing.
+
+    ``failed`` holds ``("pod" | "service" | "node", key)`` of what the scenario declares but
+    the control plane could not make (that problem is reported already): a reference to one
+    is not reported again as unknown."""
     problems: list[Diagnostic] = []
     fields: list[tuple[YamlPath, str]] = []
     for i, e in enumerate(scenario.expect):
@@ -57,10 +63,25 @@ def check_refs(scenario: Scenario, build: ClusterBuild) -> list[Diagnostic]:
         except RefSyntaxError as err:  # pragma: no cover - the schema checked the syntax
             problems.append(scenario.diagnostic(path, str(err), err.hint))
             continue
+        if failed and not failed.isdisjoint(_depends_on(ref)):
+            continue
         message = _missing(scenario, build, ref)
         if message is not None:
             problems.append(scenario.diagnostic(path, message[0], message[1]))
     return problems
+
+
+def _depends_on(ref: Ref) -> set[tuple[str, str]]:
+    """The declared objects a reference needs to exist."""
+    if ref.kind == "pod":
+        return {("pod", ref.key)}
+    if ref.kind in ("service", "loadbalancer"):
+        return {("service", ref.key)}
+    if ref.kind == "nodeport":
+        return {("service", ref.key), ("node", ref.node or "")}
+    if ref.kind == "node":
+        return {("node", ref.name or "")}
+    return set()
 
 
 def _missing(scenario: Scenario, build: ClusterBuild, ref: Ref) -> tuple[str, str] | None:

@@ -135,11 +135,12 @@ def load_scenario_text(
         problems.extend(validation_diagnostics(err, doc))
     found = _load_manifests(doc, base_dir)
     problems.extend(found.errors)
-    problems.extend(check_duplicates(found.manifests))
+    duplicates = check_duplicates(found.manifests)
+    problems.extend(duplicates)
     topo_problems, notes = check_topology(doc, found.manifests)
     problems.extend(topo_problems)
     notes = [*found.notes, *notes]
-    if problems or spec is None:
+    if spec is None:
         raise ScenarioError(problems)
     scenario = Scenario(
         path=path,
@@ -174,7 +175,10 @@ def load_scenario_text(
                     )
                 )
     if problems:
-        raise ScenarioError(problems)
+        # Every object parsed and none is declared twice: the control plane can still run on
+        # this scenario and find its own problems (placement, references) to report at once.
+        whole = not found.errors and not duplicates
+        raise ScenarioError(problems, partial=scenario if whole else None)
     return scenario
 
 
