@@ -113,6 +113,8 @@ def test_cloud_lb_without_provider_stays_pending() -> None:
         ("http://api.example/v1/orders/1", set(), 404),  # Exact does not match longer
         ("http://api.example/status/x", set(), 503),  # ImplementationSpecific, no endpoints
         ("http://nobody.example/", set(), 404),  # no host, no default backend
+        ("http://api.example/v1/orders?id=7", {"shop/orders-0"}, 200),  # the query is not path
+        ("http://shop.example/cart?x=1#top", {"shop/cart-0"}, 200),  # nor is the fragment
     ],
 )
 def test_ingress_matching(url, pods, status) -> None:

@@ -89,3 +89,16 @@ def test_compare_tells_the_story() -> None:
     assert rows["userspace"].reachable == "all" and rows["userspace"].connections == 2
     assert rows["iptables"].reachable == "partial" and rows["iptables"].connections == 1
     assert rows["iptables"].rules_walked > rows["userspace"].rules_walked
+    # Which endpoint works is the lesson: only the one on the node that did the DNAT.
+    assert rows["iptables"].failing == ["default/web-0", "default/web-1"]
+    assert rows["userspace"].failing == []
+    html = cmp._repr_html_()
+    assert "default/web-0 (0.33) ✗" in html and "REPLY_LOST" in html
+
+
+def test_check_defaults_to_the_scenario_of_the_simulation_and_renders_html() -> None:
+    sim = load(SCENARIO, seed=3)
+    result = check(sim)
+    assert result.summary() == check(sim, sim.world.info["scenario"]).summary()
+    html = result._repr_html_()
+    assert "2/2 expectations hold" in html and html.count("✓") == 2 and html.count("–") == 2

@@ -378,3 +378,28 @@ def test_throughput_plot_uses_a_log_axis_when_entries_differ_a_hundredfold() -> 
 
     assert _throughput(result(5e6, 9.4e9)).axes[0].get_yscale() == "log"
     assert _throughput(result(5e6, 50e6)).axes[0].get_yscale() == "linear"
+
+
+def test_cost_overrides_name_their_unit_and_typos() -> None:
+    from k8snet_sim.errors import K8sNetSimError
+    from k8snet_sim.sim.costs import CostModel
+
+    assert CostModel.from_overrides({"ruleCost": "25ns"}).rule_cost == pytest.approx(25e-9)
+    assert CostModel.from_overrides({"tcpRto": 3}).tcp_rto == 3.0  # a timeout in seconds
+    with pytest.raises(K8sNetSimError) as bare:
+        CostModel.from_overrides({"ruleCost": 25})  # 25 s per rule: a forgotten unit
+    assert bare.value.hint == "write a unit, e.g. ruleCost: 25ns or 25us"
+    with pytest.raises(K8sNetSimError) as typo:
+        CostModel.from_overrides({"rulecost": "2ns"})
+    assert typo.value.hint == "did you mean `ruleCost`?"
+
+
+def test_simulated_time_only_moves_forward() -> None:
+    from k8snet_sim import load
+
+    sim = load(ROOT / "scenarios" / "external-clusterip.yaml")
+    sim.advance(1.5)
+    assert sim.env.now == pytest.approx(1.5)
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="only moves forward"):
+            sim.advance(bad)

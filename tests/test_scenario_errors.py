@@ -414,13 +414,23 @@ def test_clusterip_taken():
         ("cluster.cni=vx lan", "--set:1:13: cluster.cni: expected one of 'host-gw' or 'vxlan'"),
         (
             "cluster.nodes.x=1",
-            "--set:1:15: cluster.nodes.x: expected a list index below 2, got 'x'",
+            "--set:1:15: cluster.nodes.x: expected a list index up to 2, got 'x'",
         ),
+        ("network.routers.1.name=r2", "--set:1:17: network.routers[1]: expected a list index"),
     ],
 )
 def test_bad_set_override(override, expected):
     errors = _errors(BASE, overrides=(override,), build=False)
     assert any(e.startswith(expected) for e in errors), "\n".join(errors)
+
+
+def test_set_one_past_the_end_appends():
+    route = "network.routers[0].routes[1]={to: 10.244.1.0/24, via: 192.168.10.12}"
+    scenario = load_scenario_text(BASE, file=F, overrides=(route,))
+    assert [str(r.to) for r in scenario.network.routers[0].routes] == [
+        "10.96.0.0/16",
+        "10.244.1.0/24",
+    ]
 
 
 def test_missing_scenario_file():
@@ -570,3 +580,18 @@ def test_a_manifest_that_failed_to_parse_stops_before_the_control_plane(tmp_path
         "network.routers[0].routes[0].via",
         "manifests[0].spec.ports[0].targetPort",
     ]
+
+
+def test_an_endpoint_list_may_name_pods_that_do_not_exist_but_reachable_via_may_not():
+    """``endpoint:`` lists what is allowed (one list covers a Deployment scaled down);
+    ``reachableVia:`` lists what must work, which a missing pod never can."""
+    allowed = "reachable: true, endpoint: [pod/default/web, pod/default/web-9]}\n"
+    assert _errors(BASE.replace("reachable: true}\n", allowed)) == []
+    must = "reachable: true, reachableVia: [pod/default/web-9]}\n"
+    (error,) = _errors(BASE.replace("reachable: true}\n", must))
+    assert error.startswith("bad.yaml:34:") and "unknown pod default/web-9" in error
+
+
+def test_a_single_override_may_be_a_plain_string():
+    scenario = load_scenario_text(BASE, file=F, overrides="cluster.kubeProxy.mode=ipvs")
+    assert scenario.mode == "ipvs"

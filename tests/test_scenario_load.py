@@ -453,3 +453,8 @@ def test_bad_when_key_and_reachable_value_are_located():
     assert diag.render().startswith(
         "<scenario>:14:55: expect[0].when.cluster.proxy: unknown scenario key 'cluster.proxy'"
     )
+
+
+def test_only_http_urls_are_targets():
+    with pytest.raises(RefSyntaxError, match="only http:// URLs are modelled, not https://"):
+        parse_ref("https://shop.example/cart", role="target")

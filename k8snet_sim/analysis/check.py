@@ -70,6 +70,11 @@ class CheckResult:
             )
         )
 
+    def _repr_html_(self) -> str:
+        from k8snet_sim.report.html import check_html
+
+        return check_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
@@ -142,8 +147,11 @@ def judge(expectation: Any, result: TraceResult) -> list[str]:
     return failures
 
 
-def check(sim: Simulation, scenario: Any) -> CheckResult:
-    """Evaluate every expectation of ``scenario`` on forks of ``sim``."""
+def check(sim: Simulation, scenario: Any = None) -> CheckResult:
+    """Evaluate every expectation of ``scenario`` (default: the one ``sim`` was built from) on
+    forks of ``sim``."""
+    if scenario is None:
+        scenario = sim.world.info["scenario"]
     results = []
     for i, exp in enumerate(scenario.expect):
         base = ExpectationResult(i, exp.description, exp.source, exp.target, False, True)

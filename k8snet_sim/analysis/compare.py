@@ -82,6 +82,11 @@ class ModeComparison:
             f"{r.mode} {r.reachable}" for r in self.rows
         )
 
+    def _repr_html_(self) -> str:
+        from k8snet_sim.report.html import comparison_html
+
+        return comparison_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,

@@ -179,7 +179,7 @@ def _run_once(
 
 
 def trace(sim: Simulation, source: str, target: str, *, explore_all: bool = True) -> TraceResult:
-    """Trace one connection from ``source`` to ``target`` (references as in DESIGN.md).
+    """Trace one connection from ``source`` to ``target`` (references: README, *Sources*).
 
     The connection runs on ``sim`` itself (its conntrack entries and affinity state persist, as
     they would on a real cluster). With ``explore_all``, every other branch of the random

@@ -46,8 +46,10 @@ def _host_rank(route: IngressRoute, host: str) -> int:
 
 
 def choose_backend(ingresses: Sequence[IngressInfo], host: str, path: str) -> Backend:
-    """The backend for ``host`` + ``path`` among the Ingresses of one class."""
+    """The backend for ``host`` + ``path`` among the Ingresses of one class. Rules match the
+    URL's path only: a query (``?id=7``) or fragment (``#top``) does not take part."""
     host = host.split(":", 1)[0].lower()
+    path = path.split("#", 1)[0].split("?", 1)[0] or "/"
     best: tuple[tuple[int, int, int], IngressInfo, IngressRoute] | None = None
     for ing in ingresses:
         for route in ing.routes:

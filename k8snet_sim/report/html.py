@@ -12,6 +12,8 @@ import html
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from k8snet_sim.analysis.check import CheckResult
+    from k8snet_sim.analysis.compare import ModeComparison
     from k8snet_sim.analysis.trace import TraceResult
     from k8snet_sim.sim.recorder import Hop
 
@@ -66,3 +68,58 @@ def trace_html(result: TraceResult) -> str:
             f"<th>probability</th><th>verdict</th></tr>{rows}</table>"
         )
     return "\n".join(parts)
+
+
+def check_html(result: CheckResult) -> str:
+    """One row per expectation: ✓ holds, ✗ fails (with why), – not for this mode."""
+    rows = []
+    for r in result.results:
+        label = esc(r.description or f"{r.source} → {r.target}")
+        if not r.applies:
+            mark, why = "<span style='color:#888'>–</span>", "not for this mode/settings"
+        elif r.passed:
+            mark, why = "<b style='color:#2ca02c'>✓</b>", ""
+        else:
+            mark, why = "<b style='color:#d62728'>✗</b>", "<br>".join(map(esc, r.failures))
+        rows.append(f"<tr><td>{mark}</td><td>{label}</td><td>{why}</td></tr>")
+    color = "#2ca02c" if result.passed else "#d62728"
+    return (
+        f"<div><b style='color:{color}'>{esc(result.summary())}</b></div>"
+        f"<table><tr><th></th><th>expectation</th><th>failures</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def comparison_html(result: ModeComparison) -> str:
+    """One row per kube-proxy mode, as ``k8snet-sim compare`` prints it."""
+    rows = []
+    for r in result.rows:
+        endpoints = "<br>".join(
+            f"{esc(n)} ({p:.2f}){'' if ok else ' ✗'}" for n, p, ok in r.branches
+        )
+        failures = "<br>".join(map(esc, r.failures)) or esc(
+            r.reason if r.reachable == "error" else ""
+        )
+        rows.append(
+            f"<tr><td>{esc(r.mode)}</td><td>{esc(r.reachable)}</td><td>{endpoints or '—'}</td>"
+            f"<td>{esc(', '.join(r.source_seen) or '—')}</td><td>{esc(r.sampled or '—')}</td>"
+            f"<td>{r.rules_walked} / {r.map_lookups}</td><td>{r.hops}</td>"
+            f"<td>{r.connections}</td><td>{failures}</td></tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "mode",
+            "reachable",
+            "endpoints (p; ✗ fails)",
+            "source seen by backend",
+            "sample",
+            "rules / lookups",
+            "hops",
+            "connections",
+            "why not",
+        )
+    )
+    return (
+        f"<div><b>{esc(result.scenario)}: {esc(result.source)} → {esc(result.target)}</b></div>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    )

@@ -140,8 +140,11 @@ def draw_topology(
         )
     if result is not None:
         # Same curvature sign for both: a reversed edge then bends to the other side, so the
-        # reply path never hides the request path.
-        for hops, color in ((result.hops, REQUEST_COLOR), (result.reply_hops, REPLY_COLOR)):
+        # reply path does not hide the request path. A hairpin (a pod reaching itself through
+        # its node) sends request and reply along the same edges in the same direction: the
+        # reply's wider arc keeps the two apart there too.
+        paths = ((result.hops, REQUEST_COLOR, 0.15), (result.reply_hops, REPLY_COLOR, 0.3))
+        for hops, color, rad in paths:
             edges = _edges(hops)
             if edges:
                 nx.draw_networkx_edges(
@@ -153,7 +156,7 @@ def draw_topology(
                     width=2.5,
                     arrows=True,
                     arrowsize=18,
-                    connectionstyle="arc3,rad=0.15",
+                    connectionstyle=f"arc3,rad={rad}",
                     node_size=900,
                 )
         title = title or f"{result.source} → {result.target}: {result.disposition}"

@@ -119,7 +119,8 @@ def load_scenario_text(
             ]
         )
     doc = docs[0]
-    problems.extend(apply_overrides(doc, overrides))
+    # One override passed as a plain string is one override, not one per character.
+    problems.extend(apply_overrides(doc, [overrides] if isinstance(overrides, str) else overrides))
     if mode is not None:
         problems.extend(apply_overrides(doc, [f"cluster.kubeProxy.mode={mode}"], file="--mode"))
         doc.origins[("cluster", "kubeProxy", "mode")] = ("--mode", 1, 1)

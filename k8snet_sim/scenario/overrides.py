@@ -2,8 +2,9 @@
 
 Keys are checked against the scenario schema (so a typo is an error, not a silently ignored
 field); inside free-form parts (``manifests``, ``costs``) any key is accepted. Numeric segments
-index lists (``network.routers.0.routes=[]``). Values are read as YAML flow values with the safe
-loader (``true``, ``30080``, ``[a, b]``, ``{pod: default/web-0, ready: false}``).
+index lists (``network.routers.0.routes=[]``); the index one past the end appends. Values are
+read as YAML flow values with the safe loader (``true``, ``30080``, ``[a, b]``,
+``{pod: default/web-0, ready: false}``).
 A replaced subtree remembers that it came from ``--set`` so that later errors point there:
 file ``--set``, line = which override (1-based), column = where in that text.
 
@@ -108,14 +109,19 @@ def _apply_one(doc: YamlDocument, text: str, number: int, file: str) -> Diagnost
         elif kind == "list":
             shape = _step(detail)
         if isinstance(container, list):
-            if not isinstance(segment, int) or segment >= len(container):
-                size = len(container)
+            size = len(container)
+            # The index one past the end appends, as the last segment: `routes[1]={…}` adds a
+            # second route.
+            if not isinstance(segment, int) or segment > size or (segment == size and not last):
                 return bad(
                     col,
                     (*path, segment),
-                    f"expected a list index below {size}, got {segment!r}",
-                    f"the list has {size} item(s), indexes 0–{size - 1}",
+                    f"expected a list index up to {size}, got {segment!r}",
+                    f"the list has {size} item(s): indexes 0–{size - 1} replace one, {size} "
+                    "appends",
                 )
+            if segment == size:
+                container.append(None)
         elif isinstance(container, dict):
             if kind == "list":
                 return bad(

@@ -113,6 +113,10 @@ def parse_ref(text: str, *, role: Role | None = None) -> Ref:
 
 
 def _parse(text: str) -> Ref:
+    scheme = re.match(r"^([a-z][a-z0-9+.-]*)://", text)
+    if scheme and scheme[1] != "http":
+        # The ingress controller is modelled for plain HTTP: TLS termination is not.
+        raise RefSyntaxError(f"{text!r}: only http:// URLs are modelled, not {scheme[1]}://")
     if text.startswith("http://"):
         match = _HTTP.match(text)
         if not match:

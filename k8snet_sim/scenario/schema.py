@@ -1,4 +1,5 @@
-"""Pydantic models of the scenario file (field names are the camelCase contract of DESIGN.md).
+"""Pydantic models of the scenario file (field names: the camelCase contract, README "The
+scenario file").
 
 :class:`ScenarioFile` validates everything except the Kubernetes manifests (which
 :mod:`~k8snet_sim.scenario.manifests` parses). Quantities are parsed into plain floats:

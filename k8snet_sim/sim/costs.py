@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from k8snet_sim.errors import K8sNetSimError
+from k8snet_sim.scenario.modelbase import closest
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -61,10 +62,42 @@ class CostModel:
             if name not in names:
                 raise K8sNetSimError(
                     f"costs.{key}: unknown cost parameter",
-                    hint="known: " + ", ".join(sorted(names)),
+                    hint=closest(key, map(_camel, names))
+                    or "known: " + ", ".join(sorted(map(_camel, names))),
                 )
-            changes[name] = _parse(value, int if names[name].type in (int, "int") else float)
+            number = _parse(value, int if names[name].type in (int, "int") else float)
+            if name in PER_UNIT_COSTS and isinstance(value, int | float) and number > 1e-2:
+                # A bare number is seconds: 25 for ruleCost would be 25 s per rule walked.
+                raise K8sNetSimError(
+                    f"costs.{key}: {value} means {value} s per unit of work, which no kernel "
+                    "or proxy takes",
+                    hint=f"write a unit, e.g. {key}: {value}ns or {value}us",
+                )
+            changes[name] = number
         return replace(cls(), **changes)
+
+
+def _camel(name: str) -> str:
+    """``rule_cost`` → ``ruleCost``, as a scenario writes it."""
+    return re.sub(r"_(.)", lambda m: m.group(1).upper(), name)
+
+
+# CPU time per packet, rule, lookup, byte, connection or request: fractions of a millisecond.
+PER_UNIT_COSTS = frozenset(
+    {
+        "packet",
+        "rule_cost",
+        "conntrack_lookup",
+        "conntrack_new",
+        "map_lookup",
+        "byte_cost",
+        "userspace_accept",
+        "userspace_byte",
+        "userspace_packet",
+        "l7_request",
+        "app_service",
+    }
+)
 
 
 def _parse(value: Any, kind: type) -> Any:

@@ -269,7 +269,9 @@ class Simulation:
         self.env.run(until=until)
 
     def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of simulated time pass (timeouts expire, affinity lapses)."""
+        """Let ``seconds`` (> 0) of simulated time pass (timeouts expire, affinity lapses)."""
+        if not seconds > 0:
+            raise ValueError(f"advance({seconds!r}): simulated time only moves forward; pass > 0")
         self.env.run(until=self.env.now + seconds)
 
     def charge(self, ns: Namespace, cost: float, process: str = KERNEL) -> float:
