@@ -70,6 +70,19 @@ class ModeRow:
         }
 
 
+# The columns of a comparison table, in the terminal and in notebooks.
+COLUMNS = (
+    "mode",
+    "reachable",
+    "endpoints (p; ✗ fails)",
+    "source seen by backend",
+    "sample",
+    "rules / lookups",
+    "hops",
+    "connections",
+)
+
+
 @dataclass
 class ModeComparison:
     scenario: str

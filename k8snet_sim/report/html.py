@@ -105,20 +105,9 @@ def comparison_html(result: ModeComparison) -> str:
             f"<td>{r.rules_walked} / {r.map_lookups}</td><td>{r.hops}</td>"
             f"<td>{r.connections}</td><td>{failures}</td></tr>"
         )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "mode",
-            "reachable",
-            "endpoints (p; ✗ fails)",
-            "source seen by backend",
-            "sample",
-            "rules / lookups",
-            "hops",
-            "connections",
-            "why not",
-        )
-    )
+    from k8snet_sim.analysis.compare import COLUMNS
+
+    head = "".join(f"<th>{esc(h)}</th>" for h in (*COLUMNS, "why not"))
     return (
         f"<div><b>{esc(result.scenario)}: {esc(result.source)} → {esc(result.target)}</b></div>"
         f"<table><tr>{head}</tr>{''.join(rows)}</table>"

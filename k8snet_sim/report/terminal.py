@@ -180,16 +180,9 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
     table = Table(
         title=f"{result.scenario}: {result.source} → {result.target}", title_justify="left"
     )
-    for col in (
-        "mode",
-        "reachable",
-        "endpoints (p; ✗ fails)",
-        "source seen by backend",
-        "sample",
-        "rules / lookups",
-        "hops",
-        "connections",
-    ):
+    from k8snet_sim.analysis.compare import COLUMNS
+
+    for col in COLUMNS:
         table.add_column(col)
     style = {"all": "bold green", "partial": "bold yellow", "none": "bold red", "error": "red"}
     for r in result.rows:
