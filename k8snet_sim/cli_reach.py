@@ -124,7 +124,12 @@ def register(app: typer.Typer) -> None:
                 f"{fmt!r}: use one of {', '.join(FORMATS)}", param_hint="--format"
             )
         if compare_mode is not None:
-            (compare_mode,) = parse_modes(compare_mode, "--compare-mode")[:1]
+            modes = parse_modes(compare_mode, "--compare-mode")
+            if len(modes) > 1:
+                raise typer.BadParameter(
+                    f"{compare_mode!r}: one mode to compare with", param_hint="--compare-mode"
+                )
+            compare_mode = modes[0]
         loaded, sim = _load(scenario, mode, set_, seed)
         if output is not None:
             check_output_file(output, "--output", [loaded])

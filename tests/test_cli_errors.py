@@ -87,6 +87,8 @@ def test_modes_lists_are_checked() -> None:
     twice = _run("compare", SCENARIO, *LAPTOP, "--modes", "iptables, iptables", "--json")
     assert twice.exit_code == 0 and twice.stdout.count('"mode": "iptables"') == 1
     _bad_input(_run("reach", SCENARIO, "--compare-mode", "ipvs2"), "--compare-mode")
+    two = _run("reach", SCENARIO, "--compare-mode", "ipvs,nftables")
+    assert two.exit_code == 2 and "one mode to compare with" in two.output
 
 
 def test_load_duration_must_be_positive() -> None:

@@ -91,6 +91,8 @@ def check_html(result: CheckResult) -> str:
 
 def comparison_html(result: ModeComparison) -> str:
     """One row per kube-proxy mode, as ``k8snet-sim compare`` prints it."""
+    from k8snet_sim.analysis.compare import COLUMNS
+
     rows = []
     for r in result.rows:
         endpoints = "<br>".join(
@@ -105,8 +107,6 @@ def comparison_html(result: ModeComparison) -> str:
             f"<td>{r.rules_walked} / {r.map_lookups}</td><td>{r.hops}</td>"
             f"<td>{r.connections}</td><td>{failures}</td></tr>"
         )
-    from k8snet_sim.analysis.compare import COLUMNS
-
     head = "".join(f"<th>{esc(h)}</th>" for h in (*COLUMNS, "why not"))
     return (
         f"<div><b>{esc(result.scenario)}: {esc(result.source)} → {esc(result.target)}</b></div>"
