@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,9 +57,19 @@ def handle_errors(fn: F) -> F:
         except K8sNetSimError as err:
             err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
+            # Point stdout at /dev/null so that the flush at exit does not fail again (the
+            # recipe of Python's signal module documentation).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except OSError as err:  # a report or picture that cannot be written where asked
             where = f"{err.filename}: " if err.filename else ""
-            err_console.print(f"error: {where}{err.strerror or err}", markup=False, soft_wrap=True)
+            err_console.print(
+                f"error: {where}{err.strerror or err}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -70,6 +81,13 @@ def check_output_file(path: Path, option: str, inputs: Any = ()) -> None:
     ``inputs`` are loaded scenarios."""
     if path.is_dir():
         raise K8sNetSimError(f"{option} {path}: is a directory", hint="name a file to write")
+    if path.exists() and not path.is_file():
+        # The report is written to a temporary file and renamed over the target: that would
+        # replace a device or a pipe (/dev/stdout) with a plain file.
+        raise K8sNetSimError(
+            f"{option} {path}: is not a regular file (a device or a pipe)",
+            hint=f"leave out {option} to print to standard output",
+        )
     target = path.resolve()
     for loaded in inputs:
         files = {loaded.path, *(m.doc.file for m in loaded.manifests)} - {None}

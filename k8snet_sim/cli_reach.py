@@ -139,7 +139,11 @@ def register(app: typer.Typer) -> None:
         diff = None
         if compare_mode is not None or compare is not None:
             other_file = compare or scenario
-            other_loaded, other_sim = _load(other_file, compare_mode or mode, set_, seed)
+            # The same file again (another mode) has had its warnings printed already.
+            again = compare is None or compare.resolve() == scenario.resolve()
+            other_loaded, other_sim = _load(
+                other_file, compare_mode or mode, set_, seed, warn=not again
+            )
             if output is not None:
                 check_output_file(output, "--output", [other_loaded])
             other = run_reach(other_sim, sources, targets, expand_pods=expand_pods, jobs=jobs)

@@ -218,7 +218,7 @@ def test_a_misspelt_node_name_gets_a_did_you_mean_hint():
         build(deployment("web", 1, "{app: web}", "nodeName: nod1, containers: [{name: c}]"))
     (diag,) = info.value.diagnostics
     assert diag.path == "manifests[0].spec.template.spec.nodeName"
-    assert diag.hint == "did you mean `node1`?"
+    assert diag.hint == "did you mean `node1`? (nodes: master, node1, node2)"
 
 
 # --- endpoints -----------------------------------------------------------------------------

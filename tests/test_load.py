@@ -386,9 +386,12 @@ def test_cost_overrides_name_their_unit_and_typos() -> None:
 
     assert CostModel.from_overrides({"ruleCost": "25ns"}).rule_cost == pytest.approx(25e-9)
     assert CostModel.from_overrides({"tcpRto": 3}).tcp_rto == 3.0  # a timeout in seconds
-    with pytest.raises(K8sNetSimError) as bare:
-        CostModel.from_overrides({"ruleCost": 25})  # 25 s per rule: a forgotten unit
-    assert bare.value.hint == "write a unit, e.g. ruleCost: 25ns or 25us"
+    for forgotten in (25, "25", 0.5):  # 25 s per rule: a forgotten unit
+        with pytest.raises(K8sNetSimError) as bare:
+            CostModel.from_overrides({"ruleCost": forgotten})
+        assert bare.value.hint == f"write a unit, e.g. ruleCost: {forgotten}ns or {forgotten}us"
+    with pytest.raises(K8sNetSimError, match="bad cost value True"):
+        CostModel.from_overrides({"ruleCost": True})
     with pytest.raises(K8sNetSimError) as typo:
         CostModel.from_overrides({"rulecost": "2ns"})
     assert typo.value.hint == "did you mean `ruleCost`?"
@@ -403,3 +406,12 @@ def test_simulated_time_only_moves_forward() -> None:
     for bad in (0, -5):
         with pytest.raises(ValueError, match="only moves forward"):
             sim.advance(bad)
+
+
+def test_load_run_refuses_a_run_of_no_time() -> None:
+    from k8snet_sim import load
+    from k8snet_sim.errors import K8sNetSimError
+
+    sim = load(ROOT / "scenarios" / "load-iptables.yaml")
+    with pytest.raises(K8sNetSimError, match="longer than 0"):
+        load_run(sim, duration=0)

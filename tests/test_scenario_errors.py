@@ -377,6 +377,30 @@ def test_bad_input_is_located(old, new, expected):
     assert old in BASE, "the case must change the base text"
     errors = _errors(BASE.replace(old, new, 1))
     assert any(e.startswith(expected) for e in errors), "\n".join(errors)
+    if not any(new == c[2] and c[0] in MORE_THAN_ONE for c in CASES):
+        assert len(errors) == 1, "one mistake, one error:\n" + "\n".join(errors)
+
+
+# Cases whose one edit makes several real mistakes (a renamed subnet leaves references to the
+# old name; the duplicate Service has no port; the controller's Deployment does not exist).
+MORE_THAN_ONE = {"duplicate-subnet", "duplicate-object", "unknown-ingress-controller-service"}
+
+
+def test_a_service_made_without_its_cluster_ip_or_node_port_is_not_reported_again():
+    """The allocation error is the one error: an expectation aiming at that Service's
+    ClusterIP or nodePort does not add "has no ClusterIP" / "has no nodePort"."""
+    aims = (
+        "reachable: true}\n"
+        "  - {from: host/laptop, to: 'nodeport/node1/default/web:80', reachable: true}\n"
+    )
+    outside = BASE.replace("clusterIP: 10.96.0.20", "clusterIP: 10.97.0.20").replace(
+        "reachable: true}\n", aims
+    )
+    (error,) = _errors(outside)
+    assert "spec.clusterIP" in error
+    bad_port = BASE.replace("nodePort: 30080", "nodePort: 8080").replace("reachable: true}\n", aims)
+    (error,) = _errors(bad_port)
+    assert "nodePort" in error.split(": ")[1]
 
 
 def test_nodeport_taken_uses_upstream_message():

@@ -458,3 +458,31 @@ def test_bad_when_key_and_reachable_value_are_located():
 def test_only_http_urls_are_targets():
     with pytest.raises(RefSyntaxError, match="only http:// URLs are modelled, not https://"):
         parse_ref("https://shop.example/cart", role="target")
+
+
+def test_python_names_are_likely_typos_but_real_kubernetes_fields_are_not():
+    text = MINIMAL.replace(
+        "spec: {selector: {app: web}, ports: [{port: 80}]}",
+        "spec: {selector: {app: web}, ports: [{port: 80}], cluster_ip: 10.96.0.77,"
+        " external_traffic_policy: Local, clusterIPs: [10.96.0.5]}",
+    )
+    scenario = load_scenario_text(text, file="names.yaml")
+    hints = {d.path.rsplit(".", 1)[-1]: d.hint for d in scenario.ignored}
+    assert hints["cluster_ip"] == "did you mean `clusterIP`?"
+    assert hints["external_traffic_policy"] == "did you mean `externalTrafficPolicy`?"
+    assert hints["clusterIPs"] == ""  # what `kubectl get svc -o yaml` prints beside clusterIP
+    assert scenario.manifests[0].obj.spec.cluster_ip is None  # not read by its Python name
+
+
+def test_uppercase_schemes_are_refused_too():
+    with pytest.raises(RefSyntaxError, match="only http:// URLs are modelled, not HTTPS://"):
+        parse_ref("HTTPS://shop.example/", role="target")
+
+
+def test_set_starts_a_list_the_file_does_not_have():
+    scenario = load_scenario_text(
+        MINIMAL, file="m.yaml", overrides=["podStatus.0={pod: default/web-0, ready: false}"]
+    )
+    assert [p.pod for p in scenario.pod_status] == ["default/web-0"]
+    with pytest.raises(ScenarioError, match="the list is empty: index 0 appends"):
+        load_scenario_text(MINIMAL, file="m.yaml", overrides=["traffic=[]", "traffic.1={}"])

@@ -125,7 +125,7 @@ def _row(mode: str, result: TraceResult) -> ModeRow:
         connections=len(result.connections),
         reason=result.reason,
         trace=result,
-        sampled=(result.endpoint or {}).get("pod") or "",
+        sampled=(result.endpoint or {}).get("pod") or (result.endpoint or {}).get("ip") or "",
     )
 
 

@@ -220,6 +220,8 @@ def load_run(
             "traffic= to load_run",
         )
     if duration is not None:
+        if not duration > 0:
+            raise K8sNetSimError(f"duration {duration!r}: a run must last longer than 0")
         specs = [s.model_copy(update={"duration": float(duration)}) for s in specs]
     t0 = sim.env.now
     fluid = FluidNetwork(sim, epoch=epoch) if bulk_model == "flow" else None

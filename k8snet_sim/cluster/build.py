@@ -144,7 +144,9 @@ def build_cluster(scenario: Scenario, *, check_references: bool = True) -> Clust
             ("node", n.name) for n in scenario.cluster.nodes
         }
         declared |= {("service", m.key) for m in scenario.objects("Service")}
-        problems.extend(check_refs(scenario, build, frozenset(declared - made)))
+        problems.extend(
+            check_refs(scenario, build, frozenset(declared - made) if problems else None)
+        )
     if problems:
         raise ScenarioError(problems)
     return build
@@ -215,7 +217,9 @@ def _place_pods(drafts: list[PodDraft], nodes: list[Node], problems: list[Diagno
         if placement.node is None:
             if draft.node_name is not None:
                 where: tuple[str, ...] = ("nodeName",)
-                hint = closest(draft.node_name, by_name) or "nodes: " + ", ".join(by_name)
+                hint = "nodes: " + ", ".join(by_name)
+                typo = closest(draft.node_name, by_name)
+                hint = f"{typo} ({hint})" if typo else hint
             else:
                 where = ("nodeSelector",)
                 hint = "node labels: " + "; ".join(

@@ -38,13 +38,15 @@ if TYPE_CHECKING:
 
 
 def check_refs(
-    scenario: Scenario, build: ClusterBuild, failed: frozenset[tuple[str, str]] = frozenset()
+    scenario: Scenario, build: ClusterBuild, failed: frozenset[tuple[str, str]] | None = None
 ) -> list[Diagnostic]:
     """Diagnostics for every reference in ``expect`` / ``traffic`` that names nothing.
 
-    ``failed`` holds ``("pod" | "service" | "node", key)`` of what the scenario declares but
-    the control plane could not make (that problem is reported already): a reference to one
-    is not reported again as unknown."""
+    ``failed`` is given when the control plane reported problems of its own: it holds
+    ``("pod" | "service" | "node", key)`` of what the scenario declares but was not made. A
+    reference to one of those is not reported again, and only references to names that exist
+    nowhere are: a Service whose ClusterIP or nodePort could not be allocated was made without
+    one, and "has no ClusterIP" would repeat that problem."""
     problems: list[Diagnostic] = []
     fields: list[tuple[YamlPath, str]] = []
     for i, e in enumerate(scenario.expect):
@@ -65,9 +67,9 @@ def check_refs(
         except RefSyntaxError as err:  # pragma: no cover - the schema checked the syntax
             problems.append(scenario.diagnostic(path, str(err), err.hint))
             continue
-        if failed and not failed.isdisjoint(_depends_on(ref)):
+        if failed is not None and not failed.isdisjoint(_depends_on(ref)):
             continue
-        message = _missing(scenario, build, ref)
+        message = _missing(scenario, build, ref, names_only=failed is not None)
         if message is not None:
             problems.append(scenario.diagnostic(path, message[0], message[1]))
     return problems
@@ -86,8 +88,11 @@ def _depends_on(ref: Ref) -> set[tuple[str, str]]:
     return set()
 
 
-def _missing(scenario: Scenario, build: ClusterBuild, ref: Ref) -> tuple[str, str] | None:
-    """(message, hint) when ``ref`` names nothing, else None."""
+def _missing(
+    scenario: Scenario, build: ClusterBuild, ref: Ref, *, names_only: bool = False
+) -> tuple[str, str] | None:
+    """(message, hint) when ``ref`` names nothing (or, unless ``names_only``, a Service
+    without the ClusterIP, port or nodePort it needs), else None."""
     state = build.state
     if ref.kind == "pod":
         if not any(p.key == ref.key for p in state.pods):
@@ -107,7 +112,10 @@ def _missing(scenario: Scenario, build: ClusterBuild, ref: Ref) -> tuple[str, st
         if ref.kind != "nodeport":
             return None
     if ref.kind in ("service", "nodeport", "loadbalancer"):
-        return _service_target(state.service(ref.namespace or "default", ref.name or ""), ref)
+        service = state.service(ref.namespace or "default", ref.name or "")
+        if names_only and service is not None:
+            return None
+        return _service_target(service, ref)
     if ref.kind == "http":
         return _http_target(scenario, build, ref)
     return None

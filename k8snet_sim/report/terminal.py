@@ -215,9 +215,9 @@ def print_comparison(result: ModeComparison, console: Console | None = None) -> 
 
 # What a reader of a lost reply wants to know next (the lesson of scenarios/external-clusterip).
 REPLY_LOST_FIX = (
-    "  fix: masquerade sources from outside the cluster (cluster.kubeProxy.clusterCIDR set to "
-    "the pod range, or masqueradeAll: true) so replies return through the node that did the "
-    "DNAT; or route replies back through that node"
+    "  a reply that bypasses the node that did the DNAT is never un-NATed: masquerade sources "
+    "from outside the cluster there (cluster.kubeProxy.clusterCIDR set to the pod range, or "
+    "masqueradeAll: true), or route the replies back through that node"
 )
 
 

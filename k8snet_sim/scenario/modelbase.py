@@ -294,8 +294,20 @@ def _prune(data: Any, trie: dict[Any, Any]) -> Any:
 DID_YOU_MEAN = "did you mean"
 
 
+# Real Kubernetes fields one slip away from a field the simulator reads: never typos.
+# (``kubectl get svc -o yaml`` prints ``clusterIPs`` beside ``clusterIP``.)
+NOT_TYPOS = frozenset({"clusterIPs", "podIPs", "hostIPs"})
+
+
 def did_you_mean(word: str, model: type[BaseModel]) -> str:
-    """A hint naming the closest field of ``model``, or ""."""
+    """A hint naming the field of ``model`` that ``word`` is a likely typo of, or "".
+
+    >>> from k8snet_sim.scenario.kinds import ServiceSpec
+    >>> did_you_mean("cluster_ip", ServiceSpec), did_you_mean("clusterIPs", ServiceSpec)
+    ('did you mean `clusterIP`?', '')
+    """
+    if word in NOT_TYPOS:
+        return ""
     return closest(word, [(f.alias or n) for n, f in model.model_fields.items()])
 
 
@@ -310,8 +322,14 @@ def closest(word: str, names: Iterable[str]) -> str:
     >>> closest("selecter", ["selector", "ports"]), closest("appProtocol", ["protocol"])
     ('did you mean `selector`?', '')
     """
+    names = list(names)
+    # Another spelling of the same name is no slip at all: ``cluster_ip``, ``ClusterIP``.
+    flat = word.replace("_", "").replace("-", "").lower()
+    same = [n for n in names if n.replace("_", "").replace("-", "").lower() == flat]
+    if same:
+        return f"{DID_YOU_MEAN} `{same[0]}`?"
     slips = min(2, max(1, len(word) // 4))
-    best = process.extractOne(word, list(names), scorer=OSA.distance, score_cutoff=slips)
+    best = process.extractOne(word, names, scorer=OSA.distance, score_cutoff=slips)
     return f"{DID_YOU_MEAN} `{best[0]}`?" if best is not None else ""
 
 

@@ -117,8 +117,12 @@ def _apply_one(doc: YamlDocument, text: str, number: int, file: str) -> Diagnost
                     col,
                     (*path, segment),
                     f"expected a list index up to {size}, got {segment!r}",
-                    f"the list has {size} item(s): indexes 0–{size - 1} replace one, {size} "
-                    "appends",
+                    (
+                        f"the list has {size} item(s): indexes 0–{size - 1} replace one, {size} "
+                        "appends"
+                    )
+                    if size
+                    else "the list is empty: index 0 appends",
                 )
             if segment == size:
                 container.append(None)
@@ -131,7 +135,8 @@ def _apply_one(doc: YamlDocument, text: str, number: int, file: str) -> Diagnost
                     "lists are indexed by number: network.routers.0.routes=[]",
                 )
             if not last and not isinstance(container.get(segment), dict | list):
-                container[segment] = {}
+                # A number next (`podStatus.0=…`) starts a list the file does not have yet.
+                container[segment] = [] if isinstance(segments[i + 1][0], int) else {}
         else:
             return bad(
                 col,

@@ -113,7 +113,7 @@ def parse_ref(text: str, *, role: Role | None = None) -> Ref:
 
 
 def _parse(text: str) -> Ref:
-    scheme = re.match(r"^([a-z][a-z0-9+.-]*)://", text)
+    scheme = re.match(r"^([a-z][a-z0-9+.-]*)://", text, re.IGNORECASE)
     if scheme and scheme[1] != "http":
         # The ingress controller is modelled for plain HTTP: TLS termination is not.
         raise RefSyntaxError(f"{text!r}: only http:// URLs are modelled, not {scheme[1]}://")

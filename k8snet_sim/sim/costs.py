@@ -66,7 +66,8 @@ class CostModel:
                     or "known: " + ", ".join(sorted(map(_camel, names))),
                 )
             number = _parse(value, int if names[name].type in (int, "int") else float)
-            if name in PER_UNIT_COSTS and isinstance(value, int | float) and number > 1e-2:
+            bare = not re.search(r"[a-zµ]\s*$", str(value))  # no unit written: seconds
+            if name in PER_UNIT_COSTS and bare and number > 1e-2:
                 # A bare number is seconds: 25 for ruleCost would be 25 s per rule walked.
                 raise K8sNetSimError(
                     f"costs.{key}: {value} means {value} s per unit of work, which no kernel "
@@ -101,6 +102,8 @@ PER_UNIT_COSTS = frozenset(
 
 
 def _parse(value: Any, kind: type) -> Any:
+    if isinstance(value, bool):  # YAML's true/false are ints to Python, not costs
+        raise K8sNetSimError(f"bad cost value {value!r}", hint="use seconds or e.g. 20ns, 5us")
     if isinstance(value, (int, float)):
         return kind(value)
     match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zµ]*)\s*", str(value))
