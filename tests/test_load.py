@@ -415,3 +415,18 @@ def test_load_run_refuses_a_run_of_no_time() -> None:
     sim = load(ROOT / "scenarios" / "load-iptables.yaml")
     with pytest.raises(K8sNetSimError, match="longer than 0"):
         load_run(sim, duration=0)
+
+
+def test_notebook_view_shows_no_time_for_what_was_not_measured() -> None:
+    from types import SimpleNamespace
+
+    from k8snet_sim.report.load_report import load_html
+
+    zero = {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    entry = SimpleNamespace(
+        name="t", kind="requests", requests_per_second=0.0, throughput_bps=0.0, setup=zero,
+        latency=zero, errors={"connect-timeout": 57}, connections=0, latencies=[],
+    )  # fmt: skip
+    result = SimpleNamespace(traffic=[entry], nodes=[], summary=lambda: "s")
+    cells = load_html(result)  # type: ignore[arg-type]
+    assert "<td>0.00</td><td>—</td><td>—</td><td>—</td><td>57</td>" in cells

@@ -119,11 +119,17 @@ def load_view(result: LoadResult) -> Group:
 
 def load_html(result: LoadResult) -> str:
     """The notebook view: the summary line and two small tables."""
+
+    def us(value: float, measured: bool) -> str:
+        # Nothing measured is "—", as in the terminal table, not a setup time of 0.0 µs.
+        return f"{value * 1e6:.1f}" if measured else "—"
+
     rows = "".join(
         f"<tr><td>{html.escape(t.name)}</td><td>{t.kind}</td>"
         f"<td>{t.requests_per_second:.1f}</td><td>{t.throughput_bps / 1e6:.2f}</td>"
-        f"<td>{t.setup['p50'] * 1e6:.1f}</td><td>{t.latency['p50'] * 1e6:.1f}</td>"
-        f"<td>{t.latency['p99'] * 1e6:.1f}</td><td>{sum(t.errors.values())}</td></tr>"
+        f"<td>{us(t.setup['p50'], bool(t.connections))}</td>"
+        f"<td>{us(t.latency['p50'], bool(t.latencies))}</td>"
+        f"<td>{us(t.latency['p99'], bool(t.latencies))}</td><td>{sum(t.errors.values())}</td></tr>"
         for t in result.traffic
     )
     cpu = "".join(
