@@ -619,3 +619,27 @@ def test_an_endpoint_list_may_name_pods_that_do_not_exist_but_reachable_via_may_
 def test_a_single_override_may_be_a_plain_string():
     scenario = load_scenario_text(BASE, file=F, overrides="cluster.kubeProxy.mode=ipvs")
     assert scenario.mode == "ipvs"
+
+
+def test_references_to_machines_are_checked_even_when_the_schema_fails():
+    """`rate: fast`, `kind: client` and a misspelt host in one traffic entry: three errors in
+    one run, though the schema's errors leave no scenario for the control plane."""
+    traffic = (
+        "reachable: true}\n"
+        "traffic: [{name: t, from: host/lapotp, to: '10.96.0.20:80', rate: fast, kind: client}]\n"
+    )
+    errors = _errors(BASE.replace("reachable: true}\n", traffic))
+    assert [e.split(": ")[1] for e in errors] == [
+        "traffic[0].from",
+        "traffic[0].rate",
+        "traffic[0].kind",
+    ]
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(BASE.replace("reachable: true}\n", traffic), file=F)
+    assert "did you mean `laptop`? (hosts: laptop)" in info.value.render()
+    # A malformed host list is not a reason to call every host unknown.
+    broken_hosts = BASE.replace(
+        "    - {name: laptop, subnet: office, address: 172.16.0.50, gateway: 172.16.0.1}\n",
+        "    - laptop\n",
+    )
+    assert not any("unknown host" in e for e in _errors(broken_hosts))

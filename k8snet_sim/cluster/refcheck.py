@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from k8snet_sim.cluster.model import Service
 from k8snet_sim.errors import Diagnostic
-from k8snet_sim.scenario.refs import Ref, RefSyntaxError, parse_ref
+from k8snet_sim.scenario.refs import Ref, RefSyntaxError, parse_ref, unknown_machine
 from k8snet_sim.scenario.schema import Scenario
 from k8snet_sim.scenario.yamlpos import YamlPath
 
@@ -99,18 +99,14 @@ def _missing(
             pods = ", ".join(p.key for p in state.pods) or "none"
             return f"unknown pod {ref.key}", f"pods: {pods}"
         return None
-    if ref.kind in ("node", "host", "router") or ref.kind == "nodeport":
-        kind = "node" if ref.kind == "nodeport" else ref.kind
-        name = (ref.node if ref.kind == "nodeport" else ref.name) or ""
-        names = {
-            "node": [n.name for n in state.nodes],
-            "host": [h.name for h in scenario.network.hosts],
-            "router": [r.name for r in scenario.network.routers],
-        }[kind]
-        if name not in names:
-            return f"unknown {kind} {name!r}", f"{kind}s: {', '.join(names) or 'none'}"
-        if ref.kind != "nodeport":
-            return None
+    names = {
+        "node": [n.name for n in state.nodes],
+        "host": [h.name for h in scenario.network.hosts],
+        "router": [r.name for r in scenario.network.routers],
+    }
+    machine = unknown_machine(ref, names)
+    if machine is not None or ref.kind in ("node", "host", "router"):
+        return machine
     if ref.kind in ("service", "nodeport", "loadbalancer"):
         service = state.service(ref.namespace or "default", ref.name or "")
         if names_only and service is not None:

@@ -52,6 +52,7 @@ from k8snet_sim.scenario.modelbase import (
     without,
 )
 from k8snet_sim.scenario.overrides import apply_overrides
+from k8snet_sim.scenario.refs import RefSyntaxError, parse_ref, unknown_machine
 from k8snet_sim.scenario.schema import ClusterSpec, KubeProxySpec, Scenario, ScenarioFile
 from k8snet_sim.scenario.topology import check_topology
 from k8snet_sim.scenario.yamlpos import (
@@ -142,6 +143,9 @@ def load_scenario_text(
     problems.extend(topo_problems)
     notes = [*found.notes, *notes]
     if spec is None:
+        # No Scenario to run the control plane on; nodes, hosts and routers are named in the
+        # file itself, so references to them can still be checked in this run.
+        problems.extend(_machine_references(doc))
         raise ScenarioError(problems)
     scenario = Scenario(
         path=path,
@@ -181,6 +185,49 @@ def load_scenario_text(
         whole = not found.errors and not duplicates
         raise ScenarioError(problems, partial=scenario if whole else None)
     return scenario
+
+
+def _machine_references(doc: YamlDocument) -> list[Diagnostic]:
+    """References in ``expect:`` and ``traffic:`` to nodes, hosts or routers the file does not
+    define, read from the raw document (for a file the schema rejected). A kind whose list
+    is malformed is not checked: every reference to it would look unknown."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+
+    def names(section: Any, key: str) -> list[str] | None:
+        entries = section.get(key) if isinstance(section, dict) else None
+        if entries is None:
+            return []
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries
+        ):
+            return None
+        return [e["name"] for e in entries]
+
+    known = {
+        kind: found
+        for kind, found in (
+            ("node", names(data.get("cluster"), "nodes")),
+            ("host", names(data.get("network"), "hosts")),
+            ("router", names(data.get("network"), "routers")),
+        )
+        if found is not None
+    }
+    out = []
+    for section in ("expect", "traffic"):
+        entries = data.get(section)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            for field in ("from", "to"):
+                text = entry.get(field) if isinstance(entry, dict) else None
+                if not isinstance(text, str):
+                    continue
+                try:
+                    ref = parse_ref(text)
+                except RefSyntaxError:
+                    continue  # the schema reported it
+                unknown = unknown_machine(ref, known)
+                if unknown is not None:
+                    out.append(doc.diagnostic((section, i, field), *unknown))
+    return out
 
 
 def _unknown_field(doc: YamlDocument, path: YamlPath, model: type[BaseModel]) -> Diagnostic:

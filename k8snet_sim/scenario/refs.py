@@ -24,9 +24,12 @@ Example
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Literal
+
+from k8snet_sim.scenario.modelbase import closest
 
 Role = Literal["source", "target"]
 
@@ -151,3 +154,21 @@ def _parse(text: str) -> Ref:
             raise RefSyntaxError(f"{text!r} needs a port: nodeport/NODE/NS/NAME:PORT")
         return Ref("nodeport", namespace=namespace, name=name, node=node, port=port)
     raise RefSyntaxError(f"cannot read {text!r} as a reference")
+
+
+def unknown_machine(ref: Ref, names: Mapping[str, Collection[str]]) -> tuple[str, str] | None:
+    """``(message, hint)`` when ``ref`` names a node, host or router (a nodeport's node too)
+    missing from ``names`` (by kind), else None. Kinds absent from ``names`` are not checked.
+
+    >>> unknown_machine(parse_ref("host/lapotp"), {"host": ["laptop", "phone"]})
+    ("unknown host 'lapotp'", 'did you mean `laptop`? (hosts: laptop, phone)')
+    """
+    if ref.kind not in ("node", "host", "router", "nodeport"):
+        return None
+    kind = "node" if ref.kind == "nodeport" else ref.kind
+    name = (ref.node if ref.kind == "nodeport" else ref.name) or ""
+    if kind not in names or name in names[kind]:
+        return None
+    listed = f"{kind}s: {', '.join(names[kind]) or 'none'}"
+    typo = closest(name, names[kind])
+    return f"unknown {kind} {name!r}", f"{typo} ({listed})" if typo else listed
