@@ -125,7 +125,7 @@ def _row(mode: str, result: TraceResult) -> ModeRow:
         connections=len(result.connections),
         reason=result.reason,
         trace=result,
-        sampled=(result.endpoint or {}).get("pod") or (result.endpoint or {}).get("ip") or "",
+        sampled=(result.endpoint["pod"] or result.endpoint["ip"]) if result.endpoint else "",
     )
 
 

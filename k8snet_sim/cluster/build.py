@@ -136,17 +136,17 @@ def build_cluster(scenario: Scenario, *, check_references: bool = True) -> Clust
     )
     build = ClusterBuild(state, pending, ingresses, classes, tuple(notes), conditions)
     if check_references:
-        # Objects declared but not made have had their problem reported: references to them
-        # are not reported again, so that one mistake makes one error.
-        made = {("pod", p.key) for p in pods} | {("service", s.key) for s in services}
-        made |= {("node", n.name) for n in nodes}
-        declared = {("pod", d.key) for d in drafts} | {
-            ("node", n.name) for n in scenario.cluster.nodes
-        }
-        declared |= {("service", m.key) for m in scenario.objects("Service")}
-        problems.extend(
-            check_refs(scenario, build, frozenset(declared - made) if problems else None)
-        )
+        failed = None
+        if problems:
+            # Objects declared but not made have had their problem reported: references to
+            # them are not reported again, so that one mistake makes one error.
+            made = {("pod", p.key) for p in pods} | {("service", s.key) for s in services}
+            made |= {("node", n.name) for n in nodes}
+            declared = {("pod", d.key) for d in drafts}
+            declared |= {("node", n.name) for n in scenario.cluster.nodes}
+            declared |= {("service", m.key) for m in scenario.objects("Service")}
+            failed = frozenset(declared - made)
+        problems.extend(check_refs(scenario, build, failed))
     if problems:
         raise ScenarioError(problems)
     return build

@@ -61,6 +61,11 @@ def check_refs(
                 fields.append((path, value))
     for i, t in enumerate(scenario.traffic):
         fields += [(("traffic", i, "from"), t.source), (("traffic", i, "to"), t.target)]
+    machines = {
+        "node": [n.name for n in build.state.nodes],
+        "host": [h.name for h in scenario.network.hosts],
+        "router": [r.name for r in scenario.network.routers],
+    }
     for path, text in fields:
         try:
             ref = parse_ref(text)
@@ -69,7 +74,7 @@ def check_refs(
             continue
         if failed is not None and not failed.isdisjoint(_depends_on(ref)):
             continue
-        message = _missing(scenario, build, ref, names_only=failed is not None)
+        message = _missing(scenario, build, ref, machines, names_only=failed is not None)
         if message is not None:
             problems.append(scenario.diagnostic(path, message[0], message[1]))
     return problems
@@ -89,7 +94,12 @@ def _depends_on(ref: Ref) -> set[tuple[str, str]]:
 
 
 def _missing(
-    scenario: Scenario, build: ClusterBuild, ref: Ref, *, names_only: bool = False
+    scenario: Scenario,
+    build: ClusterBuild,
+    ref: Ref,
+    machines: dict[str, list[str]],
+    *,
+    names_only: bool = False,
 ) -> tuple[str, str] | None:
     """(message, hint) when ``ref`` names nothing (or, unless ``names_only``, a Service
     without the ClusterIP, port or nodePort it needs), else None."""
@@ -99,12 +109,7 @@ def _missing(
             pods = ", ".join(p.key for p in state.pods) or "none"
             return f"unknown pod {ref.key}", f"pods: {pods}"
         return None
-    names = {
-        "node": [n.name for n in state.nodes],
-        "host": [h.name for h in scenario.network.hosts],
-        "router": [r.name for r in scenario.network.routers],
-    }
-    machine = unknown_machine(ref, names)
+    machine = unknown_machine(ref, machines)
     if machine is not None or ref.kind in ("node", "host", "router"):
         return machine
     if ref.kind in ("service", "nodeport", "loadbalancer"):

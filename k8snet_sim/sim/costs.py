@@ -60,10 +60,10 @@ class CostModel:
         for key, value in overrides.items():
             name = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
             if name not in names:
+                known = sorted(map(_camel, names))
                 raise K8sNetSimError(
                     f"costs.{key}: unknown cost parameter",
-                    hint=closest(key, map(_camel, names))
-                    or "known: " + ", ".join(sorted(map(_camel, names))),
+                    hint=closest(key, known) or "known: " + ", ".join(known),
                 )
             number = _parse(value, int if names[name].type in (int, "int") else float)
             bare = not re.search(r"[a-zµ]\s*$", str(value))  # no unit written: seconds
